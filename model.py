@@ -1,0 +1,264 @@
+"""
+The CoCoMix transformer: a GPT-2 (learned positions, pre-LN blocks, GELU MLP, tied embeddings) that can
+predict concepts from its hidden state, compress them into one continuous vector, and mix that vector back
+into the sequence (Tack et al., 2025, Section 2). With n_concepts=0 it is exactly GPT-2.
+
+Read top to bottom: the GPT-2 parts first, then ConceptHead (Eq. 2-3), then GPT.forward where the
+concepts are interleaved with the token hidden states (h1, c1, h2, c2, ...).
+"""
+import inspect
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class CausalSelfAttention(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        assert config.n_embd % config.n_head == 0
+        self.n_head = config.n_head
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v in one matmul
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = config.dropout
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        B, T, C = x.size()
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        # SDPA picks flash / memory-efficient kernels on GPU; is_causal works unchanged over 2T interleaved slots
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.gelu = nn.GELU(approximate="tanh")  # GPT-2's "gelu_new"; needed for from_pretrained to match
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+
+
+class Block(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x):
+        x = x + self.attn(self.ln_1(x))
+        return x + self.mlp(self.ln_2(x))
+
+
+@dataclass
+class GPTConfig:
+    block_size: int = 1024
+    vocab_size: int = 50304  # GPT-2's 50257 padded up to a multiple of 64 for faster matmuls
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    dropout: float = 0.0
+    bias: bool = True
+    # CoCoMix. n_concepts = 0 turns the concept head off and leaves a plain GPT-2.
+    n_concepts: int = 0          # C, the size of the teacher SAE's dictionary
+    k_concepts: int = 32         # K_concept: predicted concepts kept by TopK before compression (Eq. 3)
+    insert_layer: int = 3        # concepts are predicted from, and mixed into, the input of this block
+    mixing: str = "interleave"   # "interleave" (h1,c1,h2,c2,...), "add" (h_t + c_t), or "none" (prediction only)
+
+
+def standardize(h, eps=1e-5):
+    """Parameter-free LayerNorm as in the SAE: (h - mu) / (std + eps), returning the statistics too."""
+    mu, s = h.mean(-1, keepdim=True), h.std(-1, keepdim=True) + eps
+    return (h - mu) / s, mu, s
+
+
+class ConceptHead(nn.Module):
+    """Predict concept logits z_t from h_t (Eq. 2) and compress TopK(z_t) into a continuous concept (Eq. 3).
+
+    Both work on the standardized hidden state minus a learned pre_bias, mirroring the SAE's input
+    normalisation, and the concept is mapped back with the token's own mean and std (as the official code).
+    """
+
+    def __init__(self, config):
+        super().__init__()
+        self.k = config.k_concepts
+        self.pre_bias = nn.Parameter(torch.zeros(config.n_embd))
+        self.predictor = nn.Linear(config.n_embd, config.n_concepts)      # M: R^d -> R^C
+        self.compressor = nn.Linear(config.n_concepts, config.n_embd)     # W in R^{d x C}, b in R^d
+
+    def forward(self, h, steer=None):
+        x, mu, s = standardize(h)
+        z = self.predictor(x - self.pre_bias)                              # concept logits, Eq. 2
+        if steer is not None:                                              # steering: scale chosen logits
+            z = z * steer
+        top, idx = z.topk(self.k, dim=-1)                                  # TopK(z_t), raw signed logits
+        c = self.compress(top, idx) + self.compressor.bias                 # W TopK(z_t) + b, Eq. 3
+        return z, (c + self.pre_bias) * s + mu
+
+    def compress(self, top, idx):
+        """W @ TopK(z) reading only the K kept columns of W: K*d work per token instead of C*d."""
+        shape = top.shape
+        W = self.compressor.weight.t()                                     # (C, d): one row per concept
+        c = F.embedding_bag(idx.reshape(-1, self.k), W, per_sample_weights=top.reshape(-1, self.k).to(W.dtype),
+                            mode="sum")
+        return c.view(*shape[:-1], -1)
+
+
+class GPT(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        assert config.mixing in ("interleave", "add", "none"), f"unknown mixing {config.mixing!r}"
+        assert config.n_concepts == 0 or 0 < config.insert_layer < config.n_layer, "insert_layer must be inside"
+        self.config = config
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(config.vocab_size, config.n_embd),
+            wpe=nn.Embedding(config.block_size, config.n_embd),
+            drop=nn.Dropout(config.dropout),
+            h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+            ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
+        ))
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.transformer.wte.weight = self.lm_head.weight  # weight tying
+        if config.n_concepts:
+            self.concept_head = ConceptHead(config)
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():  # GPT-2: scale residual projections by 1/sqrt(2 * n_layer)
+            if name.endswith("c_proj.weight"):
+                torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    def _init_weights(self, module):
+        if isinstance(module, nn.Linear):
+            torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                torch.nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def get_num_params(self, activated=False):
+        """All parameters (tied embeddings once). activated=True counts only the K columns of the
+        compressor that a token uses, as the paper does when it matches CoCoMix against NTP."""
+        n = sum(p.numel() for p in self.parameters())
+        if activated and self.config.n_concepts:
+            c = self.config
+            n -= (c.n_concepts - c.k_concepts) * c.n_embd
+        return n
+
+    def forward(self, idx, targets=None, concept_labels=None, steer=None):
+        """Returns (logits, concept_logits, losses).
+
+        concept_logits is None without a concept head; losses is None without targets, else a dict with
+        "ntp" (next-token CE) and, given concept_labels (B, T, K_attr), "concept" (Eq. 2).
+        """
+        B, T = idx.size()
+        assert T <= self.config.block_size, f"sequence of {T} tokens exceeds block_size {self.config.block_size}"
+        pos = torch.arange(T, device=idx.device)
+        h = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
+        concept_logits = None
+        for i, block in enumerate(self.transformer.h):
+            if self.config.n_concepts and i == self.config.insert_layer:
+                concept_logits, h = self.mix_concepts(h, steer)
+            h = block(h)
+        if self.config.n_concepts and self.config.mixing == "interleave":
+            h = h[:, 1::2]  # predict x_{t+1} from the concept slot c_t, which has seen h_<=t and c_<=t (Eq. 4)
+        logits = self.lm_head(self.transformer.ln_f(h))
+        if targets is None:
+            return logits, concept_logits, None
+        losses = {"ntp": F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-1)}
+        if concept_labels is not None:
+            losses["concept"] = concept_loss(concept_logits, concept_labels)
+        return logits, concept_logits, losses
+
+    def mix_concepts(self, h, steer=None):
+        """Predict concepts from h, compress them to c, and mix c into the sequence (Section 2.3)."""
+        concept_logits, c = self.concept_head(h, steer)
+        if self.config.mixing == "interleave":
+            h = torch.stack((h, c), dim=2).flatten(1, 2)  # (B, 2T, d): h1, c1, h2, c2, ...
+        elif self.config.mixing == "add":
+            h = h + c
+        return concept_logits, h
+
+    def flops_per_token(self, T):
+        """Training FLOPs per token: 6 per weight multiply-add plus causal attention (PaLM appendix B),
+        with each block after insert_layer seeing 2 slots per token when concepts are interleaved."""
+        c = self.config
+        d, flops = c.n_embd, 6 * c.n_embd * c.vocab_size                   # lm_head
+        for i in range(c.n_layer):
+            m = 2 if c.n_concepts and c.mixing == "interleave" and i >= c.insert_layer else 1
+            flops += m * (6 * 12 * d * d + 12 * d * m * T)                 # 12d^2 weights, attention over mT
+        if c.n_concepts:
+            flops += 6 * d * (c.n_concepts + c.k_concepts)                 # predictor + K kept compressor columns
+        return flops
+
+    def estimate_mfu(self, tokens_per_sec, T, device_name):
+        """Model FLOPs utilisation: achieved FLOP/s over the GPU's peak dense bf16 FLOP/s (None if unknown)."""
+        peak = next((v for k, v in PEAK_FLOPS.items() if k in device_name), None)
+        return None if peak is None else self.flops_per_token(T) * tokens_per_sec / peak
+
+    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
+        # decay matrices and embeddings; not biases, LayerNorm gains or pre_bias (vectors)
+        params = [p for p in self.parameters() if p.requires_grad]
+        groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+                  {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+        fused = device_type == "cuda" and "fused" in inspect.signature(torch.optim.AdamW).parameters
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, eps=1e-8, **({"fused": True} if fused else {}))
+
+    @classmethod
+    def from_pretrained(cls, model_type="gpt2", hf_model=None, dropout=0.0):
+        """GPT-2 weights from Hugging Face (needs `pip install transformers`). Pass hf_model to convert a
+        GPT2LMHeadModel already in memory instead of downloading model_type."""
+        if hf_model is None:
+            from transformers import GPT2LMHeadModel
+            hf_model = GPT2LMHeadModel.from_pretrained(model_type)
+        hf = hf_model.config
+        config = GPTConfig(block_size=hf.n_positions, vocab_size=hf.vocab_size, n_layer=hf.n_layer,
+                           n_head=hf.n_head, n_embd=hf.n_embd, dropout=dropout, bias=True)
+        model = cls(config)
+        sd, sd_hf = model.state_dict(), hf_model.state_dict()
+        keys = [k for k in sd_hf if not k.endswith((".attn.bias", ".attn.masked_bias"))]  # causal-mask buffers
+        assert len(keys) == len(sd), f"mismatched keys: {len(keys)} != {len(sd)}"
+        # HF GPT-2 stores these as Conv1D, i.e. transposed relative to nn.Linear
+        transposed = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+        with torch.no_grad():
+            for k in keys:
+                src = sd_hf[k].t() if k.endswith(transposed) else sd_hf[k]
+                assert src.shape == sd[k].shape, f"shape mismatch for {k}: {src.shape} vs {sd[k].shape}"
+                sd[k].copy_(src)
+        return model
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, steer=None):
+        """Sample max_new_tokens tokens after idx (B, T), feeding each prediction back in."""
+        for _ in range(max_new_tokens):
+            idx_cond = idx[:, -self.config.block_size:]
+            logits = self(idx_cond, steer=steer)[0][:, -1, :] / temperature
+            if top_k is not None:
+                v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
+                logits[logits < v[:, [-1]]] = -float("inf")
+            idx = torch.cat((idx, torch.multinomial(F.softmax(logits, dim=-1), num_samples=1)), dim=1)
+        return idx
+
+
+def concept_loss(concept_logits, labels):
+    """Eq. 2: the mean of K_attr single-label cross-entropies over all C concepts, at every position.
+    One log-softmax serves all K_attr labels (no (B, T, K, C) copy)."""
+    logp = F.log_softmax(concept_logits.float(), dim=-1)
+    return -logp.gather(-1, labels).mean()
+
+
+# Peak dense bf16 tensor-core FLOP/s, matched against torch.cuda.get_device_name()
+PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "A10G": 125e12, "L40S": 362e12, "L4": 121e12,
+              "4090": 165e12, "3090": 71e12, "V100": 125e12}

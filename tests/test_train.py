@@ -1,0 +1,81 @@
+import json
+import os
+
+import pytest
+import torch
+
+from conftest import run_script
+
+TINY = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=16", "--batch_size=4", "--eval_iters=4",
+        "--log_interval=1", "--device=cpu", "--learning_rate=3e-3"]
+
+
+def train(data, out_dir, *extra, torchrun=False, check=True):
+    data_root, name = data
+    args = ["train.py", *TINY, f"--data_root={data_root}", f"--dataset={name}", f"--out_dir={out_dir}", *extra]
+    if torchrun:
+        args = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *args]
+    return run_script(*args, check=check)
+
+
+def metrics(out_dir):
+    return [json.loads(line) for line in open(os.path.join(out_dir, "metrics.jsonl"))]
+
+
+def test_training_lowers_val_loss_and_logs_one_json_line_per_eval(tiny_dataset, tmp_path):
+    out = tmp_path / "out"
+    train(tiny_dataset, out, "--max_iters=60", "--eval_interval=20")
+    rows = metrics(out)
+    assert [r["iter"] for r in rows] == [0, 20, 40, 60]
+    assert [r["tokens"] for r in rows] == [0, 20 * 64, 40 * 64, 60 * 64]
+    assert rows[-1]["val_loss"] < rows[0]["val_loss"] - 1.0
+    assert rows[-1]["tokens_per_sec"] > 0 and rows[0]["tokens_per_sec"] is None
+    assert os.path.exists(out / "ckpt.pt") and not os.path.exists(out / "ckpt.pt.tmp")
+
+
+def test_resume_continues_exactly_where_an_uninterrupted_run_would_be(tiny_dataset, tmp_path):
+    schedule = ["--lr_decay_iters=8", "--warmup_iters=2", "--eval_interval=4", "--dropout=0.1"]
+    train(tiny_dataset, tmp_path / "a", "--max_iters=8", *schedule)
+    train(tiny_dataset, tmp_path / "b", "--max_iters=4", *schedule)
+    train(tiny_dataset, tmp_path / "b", "--max_iters=8", "--init_from=resume", *schedule)
+    losses = lambda rows: [(r["iter"], r["train_loss"], r["val_loss"], r["lr"]) for r in rows]  # noqa: E731
+    assert losses(metrics(tmp_path / "a")) == losses(metrics(tmp_path / "b"))  # bit-exact, no duplicate rows
+    a = torch.load(tmp_path / "a" / "ckpt.pt", weights_only=False)
+    b = torch.load(tmp_path / "b" / "ckpt.pt", weights_only=False)
+    assert a["iter_num"] == b["iter_num"] == 8
+    for k in a["model"]:
+        torch.testing.assert_close(a["model"][k], b["model"][k], rtol=0, atol=0)
+
+
+def test_ddp_with_two_gloo_processes_matches_one_process_with_the_same_global_batch(tiny_dataset, tmp_path):
+    common = ["--max_iters=6", "--eval_interval=3", "--gradient_accumulation_steps=2"]
+    train(tiny_dataset, tmp_path / "single", *common)
+    train(tiny_dataset, tmp_path / "ddp", *common, torchrun=True)
+    single, ddp = metrics(tmp_path / "single"), metrics(tmp_path / "ddp")
+    assert [r["iter"] for r in single] == [r["iter"] for r in ddp] == [0, 3, 6]
+    for s, d in zip(single, ddp):
+        assert d["train_loss"] == pytest.approx(s["train_loss"], abs=1e-5)
+        assert d["val_loss"] == pytest.approx(s["val_loss"], abs=1e-5)
+    assert single[-1]["val_loss"] < single[0]["val_loss"]  # it did train
+
+
+@pytest.mark.parametrize("flag, message", [
+    ("--n_layerz=3", "unknown config key 'n_layerz'"),
+    ("--batch_size=big", "config key 'batch_size' expects int"),
+    ("config/nope.py", "config file 'config/nope.py' not found"),
+])
+def test_bad_config_gives_a_one_line_error_naming_the_key(tiny_dataset, tmp_path, flag, message):
+    p = train(tiny_dataset, tmp_path / "out", flag, check=False)
+    assert p.returncode != 0
+    assert p.stdout.strip().splitlines()[-1].startswith(f"error: {message}")
+
+
+def test_missing_dataset_says_how_to_prepare_it(tmp_path):
+    p = run_script("train.py", f"--data_root={tmp_path}", "--dataset=nowhere", "--device=cpu", check=False)
+    assert p.returncode != 0 and "run `python prepare.py --dataset nowhere`" in p.stdout.splitlines()[-1]
+
+
+def test_block_size_beyond_the_models_is_refused_on_resume(tiny_dataset, tmp_path):
+    train(tiny_dataset, tmp_path / "out", "--max_iters=2", "--eval_interval=2")
+    p = train(tiny_dataset, tmp_path / "out", "--max_iters=4", "--init_from=resume", "--block_size=32", check=False)
+    assert p.returncode != 0 and "block_size=32 exceeds the model's 16" in p.stdout.splitlines()[-1]

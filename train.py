@@ -1,0 +1,289 @@
+"""
+Pretrain a GPT by next-token prediction, on one process or with DDP.
+
+One process (the embedded default, CPU, a couple of minutes):
+    python train.py
+A preset and overrides:
+    python train.py config/owt_ntp_69m.py --batch_size=8
+DDP on one node with 8 GPUs:
+    torchrun --standalone --nproc_per_node=8 train.py config/owt_ntp_69m.py
+DDP on 2 nodes (run on each, with NODE_RANK 0 and 1):
+    torchrun --nproc_per_node=8 --nnodes=2 --node_rank=$NODE_RANK --master_addr=$MASTER --master_port=29500 \
+        train.py config/owt_ntp_69m.py
+"""
+import json
+import math
+import os
+import random
+import time
+from contextlib import nullcontext
+from dataclasses import asdict
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from configurator import configure
+from model import GPT, GPTConfig
+
+# -----------------------------------------------------------------------------
+# Defaults: a ~1M-parameter model on the embedded synthetic concept world, sized for 2 CPU cores.
+# I/O
+out_dir = "out/ntp"
+eval_interval = 100
+log_interval = 10
+eval_iters = 20             # batches per split per evaluation
+always_save_checkpoint = True
+init_from = "scratch"       # "scratch", "resume" (from out_dir/ckpt.pt) or a GPT-2 name like "gpt2"
+# data
+dataset = "concepts"        # reads data/<dataset>/{train,val}.bin written by prepare.py
+data_root = "data"
+gradient_accumulation_steps = 1  # micro-batches per step, summed over all processes
+batch_size = 32             # sequences per micro-batch
+block_size = 64
+# model
+n_layer = 2
+n_head = 4
+n_embd = 128
+dropout = 0.0
+bias = True
+# AdamW with warmup then cosine decay to min_lr_ratio * learning_rate (Brown et al., 2020, as the paper)
+learning_rate = 2e-3
+max_iters = 1000
+lr_decay_iters = None       # None: decay over max_iters
+warmup_iters = None         # None: the paper's 1/300 of lr_decay_iters
+min_lr_ratio = 0.1
+weight_decay = 0.1
+beta1 = 0.9
+beta2 = 0.95
+grad_clip = 1.0
+# system
+device = "auto"             # "auto" (cuda if available), "cpu", "cuda", "cuda:1", ...
+dtype = "auto"              # "auto" (bfloat16 on cuda, else float32), "float32", "bfloat16", "float16"
+compile = True              # torch.compile the model; applies on CUDA only
+seed = 1337
+# -----------------------------------------------------------------------------
+config = configure(globals())
+
+
+def setup_distributed():
+    """(rank, local_rank, world_size) from torchrun's environment; (0, 0, 1) for a plain `python train.py`."""
+    if int(os.environ.get("WORLD_SIZE", 1)) == 1:
+        return 0, 0, 1
+    dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+    return dist.get_rank(), int(os.environ["LOCAL_RANK"]), dist.get_world_size()
+
+
+if device == "auto":
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+rank, local_rank, world_size = setup_distributed()
+if world_size > 1 and device == "cuda":
+    device = f"cuda:{local_rank}"
+    torch.cuda.set_device(device)
+master = rank == 0
+device_type = "cuda" if device.startswith("cuda") else "cpu"
+if dtype == "auto":
+    dtype = "bfloat16" if device_type == "cuda" else "float32"
+if gradient_accumulation_steps % world_size:
+    raise SystemExit(f"error: gradient_accumulation_steps={gradient_accumulation_steps} must be a multiple of "
+                     f"the {world_size} processes")
+local_micro_steps = gradient_accumulation_steps // world_size
+tokens_per_iter = gradient_accumulation_steps * batch_size * block_size
+lr_decay_iters = lr_decay_iters or max_iters
+warmup_iters = max(1, lr_decay_iters // 300) if warmup_iters is None else warmup_iters
+torch.manual_seed(seed + rank)  # dropout differs per rank; data sampling below does not depend on rank
+torch.backends.cuda.matmul.allow_tf32 = True
+torch.backends.cudnn.allow_tf32 = True
+ptdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+autocast = nullcontext() if ptdtype == torch.float32 else torch.autocast(device_type, dtype=ptdtype)
+if master:
+    print(f"{world_size} process(es), {tokens_per_iter:,} tokens per iteration, device {device}, {dtype}")
+
+# -----------------------------------------------------------------------------
+# data: the uint16 token memmaps from prepare.py
+data_dir = os.path.join(data_root, dataset)
+for split in ("train", "val"):
+    if not os.path.exists(os.path.join(data_dir, f"{split}.bin")):
+        raise SystemExit(f"error: {data_dir}/{split}.bin not found: run `python prepare.py --dataset {dataset}` first")
+with open(os.path.join(data_dir, "meta.json")) as f:
+    meta = json.load(f)
+
+
+def get_batch(split, it, micro):
+    """Micro-batch `micro` of iteration `it`'s global batch. The global batch is drawn from a generator
+    seeded by (seed, split, it) alone, so a run gives the same batches with any number of processes and
+    after a resume."""
+    data = np.memmap(os.path.join(data_dir, f"{split}.bin"), dtype=np.uint16, mode="r")  # re-open: no leak
+    g = torch.Generator().manual_seed(seed * 1_000_003 + 2 * it + (split == "val"))
+    ix = torch.randint(len(data) - block_size, (gradient_accumulation_steps * batch_size,), generator=g)
+    ix = ix[micro * batch_size:(micro + 1) * batch_size]
+    x = torch.stack([torch.from_numpy(data[i:i + block_size].astype(np.int64)) for i in ix])
+    y = torch.stack([torch.from_numpy(data[i + 1:i + 1 + block_size].astype(np.int64)) for i in ix])
+    if device_type == "cuda":
+        return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
+    return x, y
+
+
+# -----------------------------------------------------------------------------
+# model and optimizer
+ckpt_path = os.path.join(out_dir, "ckpt.pt")
+iter_num, best_val_loss = 0, float("inf")
+vocab_size = -(-meta["vocab_size"] // 64) * 64  # pad to a multiple of 64 for faster matmuls
+model_args = dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size, bias=bias,
+                  vocab_size=vocab_size, dropout=dropout)
+checkpoint = None
+if init_from == "scratch":
+    model = GPT(GPTConfig(**model_args))
+elif init_from == "resume":
+    if not os.path.exists(ckpt_path):
+        raise SystemExit(f"error: {ckpt_path} not found: train first, or drop --init_from=resume")
+    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    model_args = checkpoint["model_args"]
+    model = GPT(GPTConfig(**model_args))
+    model.load_state_dict(checkpoint["model"])
+    iter_num, best_val_loss = checkpoint["iter_num"], checkpoint["best_val_loss"]
+elif init_from.startswith("gpt2"):
+    model = GPT.from_pretrained(init_from, dropout=dropout)
+    model_args = asdict(model.config)
+else:
+    raise SystemExit(f"error: unknown init_from={init_from!r}: use 'scratch', 'resume' or a GPT-2 name like 'gpt2'")
+if block_size > model.config.block_size:
+    raise SystemExit(f"error: block_size={block_size} exceeds the model's {model.config.block_size}: "
+                     f"use --block_size={model.config.block_size} or less")
+if meta["vocab_size"] > model.config.vocab_size:
+    raise SystemExit(f"error: dataset {dataset} has {meta['vocab_size']} tokens but the model only "
+                     f"{model.config.vocab_size}: prepare the data with the model's tokenizer")
+model.to(device)
+if master:
+    os.makedirs(out_dir, exist_ok=True)  # only now: a run stopped by bad input leaves nothing behind
+optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type)
+if checkpoint is not None:
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    rng = checkpoint["rng"]
+    random.setstate(rng["python"]), np.random.set_state(rng["numpy"]), torch.set_rng_state(rng["torch"][rank])
+    checkpoint = None  # free memory
+scaler = torch.amp.GradScaler(device_type, enabled=(ptdtype == torch.float16))
+raw_model = model
+if compile and device_type == "cuda":
+    model = torch.compile(model)
+if world_size > 1:
+    model = DDP(model, device_ids=[local_rank] if device_type == "cuda" else None)
+if master:
+    print(f"model: {raw_model.get_num_params() / 1e6:.2f}M parameters, starting at iteration {iter_num}")
+
+
+def get_lr(it):
+    """Linear warmup, then cosine decay to min_lr_ratio * learning_rate."""
+    if it < warmup_iters:
+        return learning_rate * (it + 1) / (warmup_iters + 1)
+    progress = min(1.0, (it - warmup_iters) / max(1, lr_decay_iters - warmup_iters))
+    return learning_rate * (min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+
+def all_reduce_sum(x):
+    """Sum a float over all processes."""
+    if world_size == 1:
+        return x
+    t = torch.tensor(x, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.item()
+
+
+@torch.no_grad()
+def estimate_loss():
+    """Mean loss over the same eval_iters batches per split at every evaluation, split across processes."""
+    model.eval()
+    out = {}
+    for split in ("train", "val"):
+        total = 0.0
+        for k in range(rank, eval_iters, world_size):
+            X, Y = get_batch(split, -1 - k, 0)  # negative iterations: fixed evaluation batches
+            with autocast:
+                total += model(X, Y)[2]["ntp"].item()
+        out[split] = all_reduce_sum(total) / eval_iters
+    model.train()
+    return out
+
+
+def save_checkpoint():
+    """Atomically (write, then rename) save everything a bit-exact resume needs."""
+    rng_torch = [torch.get_rng_state()]
+    if world_size > 1:  # each rank has its own dropout stream
+        rng_torch = [None] * world_size
+        dist.all_gather_object(rng_torch, torch.get_rng_state())
+    if not master:
+        return
+    ckpt = {"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(), "model_args": model_args,
+            "iter_num": iter_num, "best_val_loss": best_val_loss, "config": config,
+            "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": rng_torch}}
+    torch.save(ckpt, ckpt_path + ".tmp")
+    os.replace(ckpt_path + ".tmp", ckpt_path)
+
+
+def log_metrics(row):
+    with open(os.path.join(out_dir, "metrics.jsonl"), "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+# a resumed run re-evaluates at its first iteration; drop log rows from then on so none appear twice
+metrics_path = os.path.join(out_dir, "metrics.jsonl")
+if master and os.path.exists(metrics_path):
+    rows = [r for r in open(metrics_path) if init_from == "resume" and json.loads(r)["iter"] < iter_num]
+    with open(metrics_path, "w") as f:
+        f.writelines(rows)
+
+# -----------------------------------------------------------------------------
+# the training loop
+device_name = torch.cuda.get_device_name(device) if device_type == "cuda" else "cpu"
+t0 = t_interval = time.time()
+iters_in_interval = 0
+while True:
+    lr = get_lr(iter_num)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+    if iter_num % eval_interval == 0 or iter_num == max_iters:
+        train_time = time.time() - t_interval
+        losses = estimate_loss()
+        tokens_per_sec = iters_in_interval * tokens_per_iter / train_time if iters_in_interval else None
+        mfu = raw_model.estimate_mfu(tokens_per_sec, block_size, device_name) if tokens_per_sec else None
+        if master:
+            print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+            log_metrics({"iter": iter_num, "tokens": iter_num * tokens_per_iter, "train_loss": losses["train"],
+                         "val_loss": losses["val"], "lr": lr, "tokens_per_sec": tokens_per_sec, "mfu": mfu})
+        if iter_num > 0 and (losses["val"] < best_val_loss or always_save_checkpoint):
+            best_val_loss = min(best_val_loss, losses["val"])
+            save_checkpoint()
+        t_interval, iters_in_interval = time.time(), 0
+    if iter_num >= max_iters:
+        break
+
+    # one optimisation step over gradient_accumulation_steps micro-batches
+    loss_sum = 0.0
+    for micro in range(local_micro_steps):
+        X, Y = get_batch("train", iter_num, micro * world_size + rank)
+        sync = micro == local_micro_steps - 1  # DDP all-reduces gradients on the last micro-batch only
+        with (model.no_sync() if world_size > 1 and not sync else nullcontext()), autocast:
+            loss = model(X, Y)[2]["ntp"] / local_micro_steps
+        scaler.scale(loss).backward()
+        loss_sum += loss.item()
+    if grad_clip:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    iter_num += 1
+    iters_in_interval += 1
+
+    if iter_num % log_interval == 0:
+        loss_sum = all_reduce_sum(loss_sum) / world_size
+        if master:
+            dt = (time.time() - t0) / log_interval
+            print(f"iter {iter_num}: loss {loss_sum:.4f}, lr {lr:.2e}, {dt * 1000:.1f} ms/iter, "
+                  f"{tokens_per_iter / dt:,.0f} tokens/s")
+        t0 = time.time()
+
+if world_size > 1:
+    dist.destroy_process_group()

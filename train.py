@@ -1,5 +1,5 @@
 """
-Pretrain a GPT by next-token prediction, on one process or with DDP.
+Pretrain a GPT by next-token prediction (mode="ntp") or with CoCoMix (mode="cocomix"), on one process or DDP.
 
 One process (the embedded default, CPU, a couple of minutes):
     python train.py
@@ -48,6 +48,15 @@ n_head = 4
 n_embd = 128
 dropout = 0.0
 bias = True
+# CoCoMix (Section 2): labels from a frozen teacher + SAE (sae.py); the model predicts, compresses and mixes them
+mode = "ntp"                # "ntp": next-token prediction only; "cocomix": + concept prediction and mixing
+sae_path = "out/sae/sae.pt"  # the concept extractor: an SAE checkpoint from sae.py, which names its teacher
+concept_method = "attribution"  # label selection: "attribution" (official code), "attribution_pre" (Eq. 1), "activation"
+k_attr = 4                  # K_attr: concept labels per token
+k_concepts = 32             # K_concept: predicted concepts kept and compressed
+insert_layer = 1            # predict and mix concepts at the input of this block
+mixing = "interleave"       # "interleave", "add" or "none" (concept prediction only)
+lam_concept = 0.1           # lambda in Eq. 4; 0 with mixing on is the "mixing only" ablation
 # AdamW with warmup then cosine decay to min_lr_ratio * learning_rate (Brown et al., 2020, as the paper)
 learning_rate = 2e-3
 max_iters = 1000
@@ -132,6 +141,14 @@ iter_num, best_val_loss = 0, float("inf")
 vocab_size = -(-meta["vocab_size"] // 64) * 64  # pad to a multiple of 64 for faster matmuls
 model_args = dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size, bias=bias,
                   vocab_size=vocab_size, dropout=dropout)
+extractor = None
+if mode == "cocomix":
+    from sae import load_concept_extractor
+    extractor = load_concept_extractor(sae_path, device, k_attr=k_attr, method=concept_method)
+    model_args.update(n_concepts=extractor.n_concepts, k_concepts=k_concepts, insert_layer=insert_layer,
+                      mixing=mixing)
+elif mode != "ntp":
+    raise SystemExit(f"error: unknown mode={mode!r}: use 'ntp' or 'cocomix'")
 checkpoint = None
 if init_from == "scratch":
     model = GPT(GPTConfig(**model_args))
@@ -170,7 +187,8 @@ if compile and device_type == "cuda":
 if world_size > 1:
     model = DDP(model, device_ids=[local_rank] if device_type == "cuda" else None)
 if master:
-    print(f"model: {raw_model.get_num_params() / 1e6:.2f}M parameters, starting at iteration {iter_num}")
+    print(f"model: {raw_model.get_num_params() / 1e6:.2f}M parameters "
+          f"({raw_model.get_num_params(activated=True) / 1e6:.2f}M activated), starting at iteration {iter_num}")
 
 
 def get_lr(it):
@@ -190,18 +208,47 @@ def all_reduce_sum(x):
     return t.item()
 
 
+def objective(losses):
+    """Eq. 4: next-token cross-entropy plus lam_concept times the concept cross-entropy (Eq. 2)."""
+    return losses["ntp"] + lam_concept * losses["concept"] if "concept" in losses else losses["ntp"]
+
+
+def concept_accuracy(concept_logits, labels):
+    """Fraction of the K_attr target concepts found among the model's K_attr highest concept logits."""
+    top = concept_logits.topk(labels.size(-1), dim=-1).indices
+    return (labels.unsqueeze(-1) == top.unsqueeze(-2)).any(-1).float().mean().item()
+
+
+def concept_labels(X):
+    """Labels from the frozen teacher + SAE; each DDP rank labels its own batch. None in NTP mode."""
+    if extractor is None:
+        return None
+    with torch.enable_grad():  # the attribution needs the teacher's gradient, also during evaluation
+        return extractor(X)
+
+
+eval_labels = {}  # evaluation batches are fixed, so their concept labels are computed once
+
+
 @torch.no_grad()
 def estimate_loss():
-    """Mean loss over the same eval_iters batches per split at every evaluation, split across processes."""
+    """Mean losses over the same eval_iters batches per split at every evaluation, split across processes."""
     model.eval()
     out = {}
     for split in ("train", "val"):
-        total = 0.0
+        sums = dict.fromkeys(["loss", "concept_loss", "concept_acc"] if extractor else ["loss"], 0.0)
         for k in range(rank, eval_iters, world_size):
             X, Y = get_batch(split, -1 - k, 0)  # negative iterations: fixed evaluation batches
+            if extractor and (split, k) not in eval_labels:
+                eval_labels[split, k] = concept_labels(X)
+            labels = eval_labels.get((split, k))
             with autocast:
-                total += model(X, Y)[2]["ntp"].item()
-        out[split] = all_reduce_sum(total) / eval_iters
+                _, concept_logits, losses = model(X, Y, labels)
+            sums["loss"] += losses["ntp"].item()
+            if labels is not None:
+                sums["concept_loss"] += losses["concept"].item()
+                sums["concept_acc"] += concept_accuracy(concept_logits, labels)
+        out.update({f"{split}_{key}": all_reduce_sum(v) / eval_iters for key, v in sums.items()})
     model.train()
     return out
 
@@ -245,15 +292,17 @@ while True:
 
     if iter_num % eval_interval == 0 or iter_num == max_iters:
         train_time = time.time() - t_interval
-        losses = estimate_loss()
+        evals = estimate_loss()
         tokens_per_sec = iters_in_interval * tokens_per_iter / train_time if iters_in_interval else None
         mfu = raw_model.estimate_mfu(tokens_per_sec, block_size, device_name) if tokens_per_sec else None
         if master:
-            print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
-            log_metrics({"iter": iter_num, "tokens": iter_num * tokens_per_iter, "train_loss": losses["train"],
-                         "val_loss": losses["val"], "lr": lr, "tokens_per_sec": tokens_per_sec, "mfu": mfu})
-        if iter_num > 0 and (losses["val"] < best_val_loss or always_save_checkpoint):
-            best_val_loss = min(best_val_loss, losses["val"])
+            extra = f", val concept loss {evals['val_concept_loss']:.4f}, acc {evals['val_concept_acc']:.3f}" \
+                if extractor else ""
+            print(f"step {iter_num}: train loss {evals['train_loss']:.4f}, val loss {evals['val_loss']:.4f}{extra}")
+            log_metrics({"iter": iter_num, "tokens": iter_num * tokens_per_iter, **evals, "lr": lr,
+                         "tokens_per_sec": tokens_per_sec, "mfu": mfu})
+        if iter_num > 0 and (evals["val_loss"] < best_val_loss or always_save_checkpoint):
+            best_val_loss = min(best_val_loss, evals["val_loss"])
             save_checkpoint()
         t_interval, iters_in_interval = time.time(), 0
     if iter_num >= max_iters:
@@ -263,9 +312,10 @@ while True:
     loss_sum = 0.0
     for micro in range(local_micro_steps):
         X, Y = get_batch("train", iter_num, micro * world_size + rank)
+        labels = concept_labels(X)
         sync = micro == local_micro_steps - 1  # DDP all-reduces gradients on the last micro-batch only
         with (model.no_sync() if world_size > 1 and not sync else nullcontext()), autocast:
-            loss = model(X, Y)[2]["ntp"] / local_micro_steps
+            loss = objective(model(X, Y, labels)[2]) / local_micro_steps
         scaler.scale(loss).backward()
         loss_sum += loss.item()
     if grad_clip:

@@ -85,3 +85,111 @@ def test_paper_ntp_presets_have_the_papers_parameter_counts(preset, expected_mil
         model = GPT(GPTConfig(n_layer=cfg["n_layer"], n_head=cfg["n_head"], n_embd=cfg["n_embd"],
                               block_size=cfg["block_size"], vocab_size=50257))
     assert round(model.get_num_params() / 1e6, 1) == expected_millions
+
+
+# --- CoCoMix: concept prediction, compression and mixing ------------------------------------------------
+
+def cocomix(mixing="interleave", **kw):
+    return GPT(GPTConfig(**TINY, n_concepts=64, k_concepts=8, insert_layer=1, mixing=mixing, **kw))
+
+
+def test_compressing_the_k_kept_columns_equals_the_dense_masked_product():
+    torch.manual_seed(0)
+    head = cocomix().concept_head
+    z = torch.randn(2, 5, 64)
+    top, idx = z.topk(8, dim=-1)
+    masked = torch.zeros_like(z).scatter(-1, idx, top)  # TopK(z): kept logits, zeros elsewhere
+    torch.testing.assert_close(head.compress(top, idx), masked @ head.compressor.weight.t())
+
+
+@pytest.mark.parametrize("mixing", ["interleave", "add", "none"])
+def test_future_tokens_change_neither_past_next_token_nor_concept_logits(mixing):
+    torch.manual_seed(0)
+    model = cocomix(mixing).eval()
+    a = torch.randint(0, 96, (2, 20))
+    b = a.clone()
+    b[:, 9:] = torch.randint(0, 96, (2, 11))
+    with torch.no_grad():
+        la, za, _ = model(a)
+        lb, zb, _ = model(b)
+    torch.testing.assert_close(la[:, :9], lb[:, :9])
+    torch.testing.assert_close(za[:, :9], zb[:, :9])
+    assert not torch.allclose(la[:, 9:], lb[:, 9:]) and not torch.allclose(za[:, 9:], zb[:, 9:])
+
+
+def test_without_a_concept_head_the_model_is_the_plain_gpt():
+    torch.manual_seed(0)
+    plain = GPT(GPTConfig(**TINY))
+    torch.manual_seed(0)
+    off = GPT(GPTConfig(**TINY, n_concepts=0, insert_layer=1, mixing="add"))
+    assert list(off.state_dict()) == list(plain.state_dict())
+    x = torch.randint(0, 96, (2, 12))
+    torch.testing.assert_close(off(x)[0], plain(x)[0])
+
+
+def test_prediction_only_leaves_next_token_logits_those_of_the_trunk():
+    torch.manual_seed(0)
+    model, plain = cocomix("none").eval(), GPT(GPTConfig(**TINY)).eval()
+    missing, unexpected = plain.load_state_dict(model.state_dict(), strict=False)
+    assert not missing and all(k.startswith("concept_head.") for k in unexpected)
+    x = torch.randint(0, 96, (2, 12))
+    logits, concept_logits, _ = model(x)
+    torch.testing.assert_close(logits, plain(x)[0])
+    assert concept_logits.shape == (2, 12, 64)
+
+
+def test_interleaving_runs_later_blocks_over_2t_slots_and_reads_tokens_from_concept_slots():
+    torch.manual_seed(0)
+    model = cocomix().eval()
+    seen = []
+    model.transformer.h[2].register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    logits, _, _ = model(torch.randint(0, 96, (2, 12)))
+    assert seen == [(2, 24, 32)] and logits.shape == (2, 12, 96)
+
+
+def test_next_token_loss_trains_the_concept_predictor_through_the_kept_logits():
+    torch.manual_seed(0)
+    model = cocomix()
+    x, y = torch.randint(0, 96, (2, 12)), torch.randint(0, 96, (2, 12))
+    model(x, y)[2]["ntp"].backward()
+    assert model.concept_head.predictor.weight.grad.abs().sum() > 0
+    assert model.concept_head.compressor.weight.grad.abs().sum() > 0
+
+
+def test_concept_loss_is_the_mean_of_k_attr_single_label_cross_entropies():
+    torch.manual_seed(0)
+    model = cocomix()
+    x, y = torch.randint(0, 96, (2, 6)), torch.randint(0, 96, (2, 6))
+    labels = torch.randint(0, 64, (2, 6, 4))
+    _, z, losses = model(x, y, labels)
+    manual = sum(torch.nn.functional.cross_entropy(z.reshape(-1, 64), labels[..., k].reshape(-1))
+                 for k in range(4)) / 4
+    torch.testing.assert_close(losses["concept"], manual)
+
+
+def test_steering_scales_the_chosen_concept_logit_before_topk():
+    torch.manual_seed(0)
+    model = cocomix().eval()
+    x = torch.randint(0, 96, (1, 8))
+    steer = torch.ones(64)
+    steer[5] = 10.0
+    z, z_steered = model(x)[1], model(x, steer=steer)[1]
+    torch.testing.assert_close(z_steered[..., 5], 10 * z[..., 5])
+    torch.testing.assert_close(z_steered[..., :5], z[..., :5])
+
+
+@pytest.mark.parametrize("cocomix_preset, ntp_preset, cocomix_m, ntp_m", [
+    ("config/owt_cocomix_69m.py", "config/owt_ntp_69m.py", 68.3, 69.4),
+    ("config/owt_cocomix_386m.py", "config/owt_ntp_386m.py", 388.4, 386.3),
+    ("config/owt_cocomix_1b.py", "config/owt_ntp_1b.py", 1380.8, 1373.4)])
+def test_cocomix_presets_match_ntp_in_activated_parameters_as_the_paper(cocomix_preset, ntp_preset, cocomix_m,
+                                                                        ntp_m):
+    def build(path, **kw):
+        cfg = runpy.run_path(path)
+        with torch.device("meta"):
+            return GPT(GPTConfig(n_layer=cfg["n_layer"], n_head=cfg["n_head"], n_embd=cfg["n_embd"],
+                                 block_size=cfg["block_size"], vocab_size=50257, **kw))
+    c = runpy.run_path(cocomix_preset)
+    model = build(cocomix_preset, n_concepts=32768, k_concepts=c["k_concepts"], insert_layer=c["insert_layer"])
+    assert round(model.get_num_params(activated=True) / 1e6, 1) == cocomix_m
+    assert round(build(ntp_preset).get_num_params() / 1e6, 1) == ntp_m

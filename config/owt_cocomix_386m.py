@@ -1,0 +1,21 @@
+# The paper's CoCoMix-386M (Table 1): d=1024, concepts predicted and interleaved at block 5 (the official code's index).
+# Concepts: OpenAI's GPT-2 small SAE (32k latents, k=32, output of block 5), converted once with
+#   python sae.py --init_from=openai:PATH/TO/5.pt --out_dir=out/sae_gpt2
+# Launch: torchrun --standalone --nproc_per_node=8 train.py config/owt_cocomix_386m.py
+out_dir = "out/owt_cocomix_386m"
+dataset = "openwebtext"
+mode = "cocomix"
+sae_path = "out/sae_gpt2/sae.pt"
+n_layer, n_head, n_embd = 24, 16, 1024
+insert_layer = 5
+k_attr, k_concepts, lam_concept = 4, 32, 0.1
+block_size = 1024
+dropout = 0.1
+batch_size = 8
+gradient_accumulation_steps = 64
+learning_rate = 3e-4
+max_iters = 40000
+warmup_iters = 130
+eval_interval = 1000
+eval_iters = 100
+log_interval = 10

@@ -39,43 +39,42 @@ SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/da
 # the synthetic concept world. Each factor value owns a few words per slot kind
 # ("nouns | verbs | adjectives"); a word belongs to exactly one factor value.
 
-TOPICS = {  # nouns | verbs | adjectives
-    "sea": "ship wave sailor anchor harbor gull | sailed steered rowed hauled | salty tidal blue",
-    "war": "soldier sword battle army shield fort | fought attacked defended besieged | bloody armored wounded",
-    "farm": "cow field barn plow farmer horse | planted plowed harvested fed | muddy green ripe",
-    "city": "street tower bridge crowd lamp wall | built crossed paved guarded | busy noisy tall",
-    "forest": "tree fox path branch owl mushroom | climbed hunted gathered followed | wild mossy shady",
-    "church": "priest bell candle prayer altar monk | blessed lit rang carried | holy sacred golden",
-    "market": "coin apple basket stall trader cloth | sold bought traded weighed | cheap fresh costly",
-    "school": "book teacher lesson pupil desk letter | read wrote learned taught | strict dusty neat",
-}
-SETTINGS = {  # nouns | verbs | adjectives
-    "night": "moon star shadow | shone faded | dark silent late",
-    "winter": "snow frost ice | fell drifted | cold frozen white",
-    "storm": "rain thunder wind | roared howled | wet grey stormy",
-    "summer": "sun heat flower | burned blazed | warm bright dry",
-    "dawn": "morning mist light | rose glimmered | pale early misty",
-}
-HEROES = {"anna": "f", "mara": "f", "lena": "f", "ella": "f", "tom": "m", "ben": "m", "hugo": "m", "otto": "m"}
-GENDER = {"f": ("she", "her", "her", "woman girl"), "m": ("he", "his", "him", "man boy")}
-TRAITS = {  # adjectives | adverbs | nouns
-    "brave": "brave bold fearless | bravely boldly | courage",
-    "greedy": "greedy selfish grasping | greedily hungrily | greed",
-    "kind": "kind gentle generous | gently kindly | kindness",
-    "cruel": "cruel harsh wicked | cruelly harshly | malice",
-    "clever": "clever wise cunning | cleverly wisely | wit",
-    "foolish": "foolish silly careless | foolishly carelessly | folly",
-}
-MOODS = {  # adjectives | verbs | nouns
-    "joy": "glad happy cheerful | laughed smiled | joy delight",
-    "fear": "afraid nervous uneasy | trembled shivered | fear dread",
-    "sorrow": "sad gloomy lonely | wept sighed | sorrow grief",
-    "anger": "angry furious bitter | shouted cursed | anger rage",
-}
+FACTORS = [  # (factor, slot names, {value: words for each slot, "|"-separated})
+    ("topic", "N1 V A", {  # singular nouns | past-tense verbs | adjectives (plurals are derived)
+        "sea": "ship wave sailor anchor harbor gull | sailed steered rowed hauled | salty tidal blue",
+        "war": "soldier sword battle army shield fort | fought attacked defended besieged | bloody armored wounded",
+        "farm": "cow field barn plow farmer horse | planted plowed harvested fed | muddy green ripe",
+        "city": "street tower bridge crowd lamp wall | built crossed paved guarded | busy noisy tall",
+        "forest": "tree fox path branch owl mushroom | climbed hunted gathered followed | wild mossy shady",
+        "church": "priest bell candle prayer altar monk | blessed lit rang carried | holy sacred golden",
+        "market": "coin apple basket stall trader cloth | sold bought traded weighed | cheap fresh costly",
+        "school": "book teacher lesson pupil desk letter | read wrote learned taught | strict dusty neat"}),
+    ("setting", "SN SV SA", {  # nouns | verbs | adjectives
+        "night": "moon star shadow | shone faded | dark silent late",
+        "winter": "snow frost ice | fell drifted | cold frozen white",
+        "storm": "rain thunder wind | roared howled | wet grey stormy",
+        "summer": "sun heat flower | burned blazed | warm bright dry",
+        "dawn": "morning mist light | rose glimmered | pale early misty"}),
+    ("hero", "NAME PRON POSS OBJ PERSON", {  # the name recurs; pronouns agree with it
+        **{n: n + " | she | her | her | woman girl" for n in ("anna", "mara", "lena", "ella")},
+        **{n: n + " | he | his | him | man boy" for n in ("tom", "ben", "hugo", "otto")}}),
+    ("trait", "TA TADV TN", {  # adjectives | adverbs | nouns
+        "brave": "brave bold fearless | bravely boldly | courage",
+        "greedy": "greedy selfish grasping | greedily hungrily | greed",
+        "kind": "kind gentle generous | gently kindly | kindness",
+        "cruel": "cruel harsh wicked | cruelly harshly | malice",
+        "clever": "clever wise cunning | cleverly wisely | wit",
+        "foolish": "foolish silly careless | foolishly carelessly | folly"}),
+    ("mood", "MA MV MN", {  # adjectives | verbs | nouns
+        "joy": "glad happy cheerful | laughed smiled | joy delight",
+        "fear": "afraid nervous uneasy | trembled shivered | fear dread",
+        "sorrow": "sad gloomy lonely | wept sighed | sorrow grief",
+        "anger": "angry furious bitter | shouted cursed | anger rage"}),
+]
 NEUTRAL = {"ADJ": "old small strange little", "STRANGER": "stranger friend neighbor visitor"}
 
 # sentence templates: {SLOT} is filled from the document's factor values (or NEUTRAL).
-# {N} {BE} {DET} agree in number: each such template has a singular and a plural variant.
+# {N} {BE} {DET} agree in number: such a template becomes a singular and a plural one.
 INTRO = [
     "once upon a time there was a {TA} {PERSON} named {NAME} .",
     "this is the story of {NAME} , a {TA} {PERSON} who lived near the {N1} .",
@@ -129,75 +128,63 @@ def plural(noun):
 
 
 def build_concept_world():
-    """Compile word lists and templates into the lookup tables the generator uses."""
-    cols = lambda table: {v: [s.split() for s in spec.split("|")] for v, spec in table.items()}
-    topic, setting, trait, mood = cols(TOPICS), cols(SETTINGS), cols(TRAITS), cols(MOODS)
-    factors = [  # (name, values, {slot: words per value})
-        ("topic", list(topic), {"N1": [c[0] for c in topic.values()], "NPL": [[plural(n) for n in c[0]] for c in topic.values()],
-                                "V": [c[1] for c in topic.values()], "A": [c[2] for c in topic.values()]}),
-        ("setting", list(setting), {s: [c[i] for c in setting.values()] for i, s in enumerate(["SN", "SV", "SA"])}),
-        ("hero", list(HEROES), {"NAME": [[h] for h in HEROES], **{s: [GENDER[g][i].split() for g in HEROES.values()]
-                                for i, s in enumerate(["PRON", "POSS", "OBJ", "PERSON"])}}),
-        ("trait", list(trait), {s: [c[i] for c in trait.values()] for i, s in enumerate(["TA", "TADV", "TN"])}),
-        ("mood", list(mood), {s: [c[i] for c in mood.values()] for i, s in enumerate(["MA", "MV", "MN"])}),
-    ]
-    slots = {s: (f, pools) for f, (_, _, table) in enumerate(factors) for s, pools in table.items()}
-    slots.update({s: (-1, [words.split()]) for s, words in NEUTRAL.items()})
-    groups = []  # per template group: list of (variants: list of token lists)
-    for group in (INTRO, BODY, END):
-        groups.append([[[NUMBER[n].get(w, w) for w in t.split()] for n in NUMBER] if any(k in t for k in NUMBER["sg"])
-                       else [t.split()] for t in group])
-    # vocabulary: every word the world can emit, sorted, with <|endoftext|> last
-    literals = {w for g in groups for t in g for v in t for w in v if not w.startswith("{")} | {"an"}
-    concept_words = {}  # word -> factor; only values of one factor may share a word (she, her)
-    for s, (f, pools) in slots.items():
+    """Compile the word lists and templates into the lookup tables the generator uses."""
+    slots = {}  # slot -> (factor index or -1 for neutral, word list per factor value)
+    for f, (_, slot_names, table) in enumerate(FACTORS):
+        for i, slot in enumerate(slot_names.split()):
+            slots[slot] = (f, [spec.split("|")[i].split() for spec in table.values()])
+    slots["NPL"] = (0, [[plural(n) for n in nouns] for nouns in slots["N1"][1]])
+    slots.update({slot: (-1, [words.split()]) for slot, words in NEUTRAL.items()})
+    groups = [[t.split() for t in INTRO], [], [t.split() for t in END]]
+    for t in BODY:  # only body templates use number agreement
+        groups[1] += [[n[w] if w in n else w for w in t.split()] for n in NUMBER.values()] if "{N}" in t else [t.split()]
+    # a word belongs to one factor (values of a factor may share one: she, her) and is never a template word
+    factor_of = {}
+    for f, pools in slots.values():
         for w in (w for pool in pools for w in pool):
-            assert concept_words.setdefault(w, f) == f, f"word {w!r} belongs to two factors"
-    assert not literals & set(concept_words), f"template words {literals & set(concept_words)} are also slot words"
-    itos = sorted((literals | set(concept_words)) - {EOT}) + [EOT]
+            assert factor_of.setdefault(w, f) == f, f"word {w!r} belongs to two factors"
+    literals = {w for g in groups for t in g for w in t if w[0] != "{"} | {"an"}
+    assert not literals & set(factor_of), f"template words {literals & set(factor_of)} are also slot words"
+    itos = sorted((literals | set(factor_of)) - {EOT}) + [EOT]  # <|endoftext|> is the last id
     stoi = {w: i for i, w in enumerate(itos)}
-    # flat lookup tables: pool of slot s for factor value v is pool_flat[start[s,v]: start[s,v]+size[s,v]]
-    slot_names = list(slots)
-    n_values = max(len(v) for _, v, _ in factors)
-    start, size = np.zeros((len(slots), n_values), np.int64), np.ones((len(slots), n_values), np.int64)
-    pool_flat = []
-    for s, name in enumerate(slot_names):
+    # slot s filled for factor value v draws from pool_flat[pool_start[s, v]:][:pool_size[s, v]]
+    names = list(slots)
+    pool_start, pool_size, pool_flat = np.zeros((len(names), 8), np.int64), np.ones((len(names), 8), np.int64), []
+    for s, name in enumerate(names):
         for v, pool in enumerate(slots[name][1]):
-            start[s, v], size[s, v] = len(pool_flat), len(pool)
+            pool_start[s, v], pool_size[s, v] = len(pool_flat), len(pool)
             pool_flat += [stoi[w] for w in pool]
-    code = lambda w: len(itos) + slot_names.index(w[1:-1]) if w.startswith("{") else stoi[w]
-    variants = [[[code(w) for w in v] for v in t] for g in groups for t in g]
-    return dict(factors=[(n, vals) for n, vals, _ in factors], factor_words=[table for _, _, table in factors], itos=itos,
-                slot_factor=np.array([slots[s][0] for s in slot_names]), pool_start=start, pool_size=size,
-                pool_flat=np.array(pool_flat), group_sizes=[len(g) for g in groups], variants=variants)
+    # templates as one flat code array: a code >= len(itos) means slot number code - len(itos)
+    templates = [[len(itos) + names.index(w[1:-1]) if w[0] == "{" else stoi[w] for w in t] for g in groups for t in g]
+    concept_words = [[list(dict.fromkeys(w for f2, pools in slots.values() if f2 == f for w in pools[v]))
+                      for v in range(len(table))] for f, (_, _, table) in enumerate(FACTORS)]
+    return dict(factors=[(name, list(table)) for name, _, table in FACTORS], concept_words=concept_words, itos=itos,
+                slot_factor=np.array([slots[s][0] for s in names]), pool_start=pool_start, pool_size=pool_size,
+                pool_flat=np.array(pool_flat), group_sizes=np.array([len(g) for g in groups]), templates=templates)
 
 
 def make_concept_world(n_docs=8000, seed=1337):
-    """Generate n_docs documents. Returns tokens (n,), concepts (n, n_factors), drivers (n,),
-    doc (n,) document index of each token, values (n_docs, n_factors), plus the world tables."""
+    """Generate n_docs documents. Returns the world tables plus, per token: tokens, concepts
+    (n, n_factors) factor values of its document, drivers (factor of the word or 255), doc index;
+    and values (n_docs, n_factors)."""
     w = build_concept_world()
     rng = np.random.default_rng(seed)
     V = len(w["itos"])
     values = np.stack([rng.integers(0, len(vals), n_docs) for _, vals in w["factors"]], 1).astype(np.uint8)
-    n_sent = rng.integers(8, 35, n_docs) + 2  # intro + body sentences + ending
+    # sentences: an intro, 8-34 body sentences, an ending that closes with <|endoftext|>
+    n_sent = rng.integers(8, 35, n_docs) + 2
     sent_doc = np.repeat(np.arange(n_docs), n_sent)
     pos = np.arange(len(sent_doc)) - np.repeat(np.cumsum(n_sent) - n_sent, n_sent)
     group = np.where(pos == 0, 0, np.where(pos == n_sent[sent_doc] - 1, 2, 1))
-    # pick a template uniformly within its group, then a number variant uniformly
-    group_start, group_size = np.cumsum([0] + w["group_sizes"][:-1]), np.array(w["group_sizes"])
-    n_var = np.array([len(t) for t in w["variants"]])
-    var_start = np.cumsum(n_var) - n_var
-    base = group_start[group] + (rng.random(len(group)) * group_size[group]).astype(np.int64)
-    tpl = var_start[base] + (rng.random(len(base)) * n_var[base]).astype(np.int64)
-    flat = [v for t in w["variants"] for v in t]
-    tpl_len = np.array([len(v) for v in flat])
-    tpl_codes, tpl_start = np.concatenate(flat), np.cumsum(tpl_len) - tpl_len
-    # expand sentences into token positions
+    group_start = np.cumsum(w["group_sizes"]) - w["group_sizes"]
+    tpl = group_start[group] + (rng.random(len(group)) * w["group_sizes"][group]).astype(np.int64)
+    # expand the sentences into token positions holding template codes
+    tpl_len = np.array([len(t) for t in w["templates"]])
     lens = tpl_len[tpl]
     offset = np.arange(lens.sum()) - np.repeat(np.cumsum(lens) - lens, lens)
-    code = tpl_codes[np.repeat(tpl_start[tpl], lens) + offset]
+    code = np.concatenate(w["templates"])[np.repeat((np.cumsum(tpl_len) - tpl_len)[tpl], lens) + offset]
     doc = np.repeat(sent_doc, lens)
-    # fill slots: the pool is chosen by the document's value of the slot's factor
+    # fill each slot from the pool of its factor's value in this document
     is_slot = code >= V
     slot = np.where(is_slot, code - V, 0)
     factor = w["slot_factor"][slot]
@@ -206,10 +193,9 @@ def make_concept_world(n_docs=8000, seed=1337):
     tokens = np.where(is_slot, w["pool_flat"][w["pool_start"][slot, value] + pick], code)
     drivers = np.where(is_slot & (factor >= 0), factor, 255).astype(np.uint8)
     # local grammar: "a" becomes "an" before a vowel
-    stoi = {t: i for i, t in enumerate(w["itos"])}
+    a, an = w["itos"].index("a"), w["itos"].index("an")
     vowel = np.array([t[0] in "aeiou" for t in w["itos"]])
-    an = np.flatnonzero((tokens[:-1] == stoi["a"]) & vowel[tokens[1:]])
-    tokens[an] = stoi["an"]
+    tokens[np.flatnonzero((tokens[:-1] == a) & vowel[tokens[1:]])] = an
     return dict(w, tokens=tokens.astype(np.uint16), concepts=values[doc], drivers=drivers, doc=doc, values=values)
 
 
@@ -238,8 +224,8 @@ def prepare_concepts(out_dir="data", n_docs=8000, seed=1337, val_fraction=0.05, 
     itos = world["itos"]
     h_uni, h_cond = concept_entropies(world["tokens"][:cut], world["concepts"][:cut], world["drivers"][:cut], len(itos))
     factors, offsets = world["factors"], np.cumsum([0] + [len(v) for _, v in world["factors"]])
-    concepts = [{"id": int(offsets[f] + v), "name": f"{fname}={val}", "factor": fname, "factor_index": f, "value": val,
-                 "value_index": v, "words": list(dict.fromkeys(x for pools in world["factor_words"][f].values() for x in pools[v]))}
+    concepts = [{"id": int(offsets[f] + v), "name": f"{fname}={val}", "factor": fname, "factor_index": f,
+                 "value": val, "value_index": v, "words": world["concept_words"][f][v]}
                 for f, (fname, vals) in enumerate(factors) for v, val in enumerate(vals)]
     meta = {"dataset": name, "source": f"synthetic concept world (prepare.py, seed {seed})", "tokenizer": "words",
             "vocab_size": len(itos), "eot_token": len(itos) - 1, "train_tokens": cut, "val_tokens": len(world["tokens"]) - cut,
@@ -315,12 +301,18 @@ def load_concept_labels(data_dir, split="train"):
     return concepts, np.memmap(os.path.join(data_dir, f"{split}_drivers.bin"), dtype=np.uint8, mode="r")
 
 
+def gpt2_encoding(enc=None):
+    """enc if given (tests pass a small offline one), else tiktoken's GPT-2 BPE (downloaded on first use)."""
+    if enc is None:
+        import tiktoken
+        enc = tiktoken.get_encoding("gpt2")
+    return enc
+
+
 def get_tokenizer(meta, enc=None):
     """(encode, decode) for a dataset's meta. enc: a tiktoken Encoding to use for gpt2 (default: the real one)."""
     if meta["tokenizer"] == "gpt2":
-        if enc is None:
-            import tiktoken
-            enc = tiktoken.get_encoding("gpt2")  # downloads the BPE file on first use
+        enc = gpt2_encoding(enc)
         return enc.encode_ordinary, enc.decode
     itos, name = meta["itos"], meta["dataset"]
     stoi = {t: i for i, t in enumerate(itos)}
@@ -337,21 +329,14 @@ def get_tokenizer(meta, enc=None):
         words = re.findall(re.escape(EOT) + r"|[\w']+|[^\w\s]", text.lower())
         for w in words:
             if w not in stoi:
+                some = [t for t in itos if t.isalpha()][::25]
                 raise ValueError(f"word {w!r} is not in the vocabulary of dataset {name!r}, which has {len(itos)} "
-                                 f"lowercase words such as {', '.join(itos[i] for i in range(0, len(itos), len(itos) // 12))}")
+                                 f"lowercase words and punctuation marks such as {', '.join(some)}")
         return [stoi[w] for w in words]
 
-    def decode(ids):
-        out = []
-        for i in ids:
-            w = itos[i]
-            if w == EOT:
-                out.append("\n" + w + "\n")
-            elif out and not out[-1].endswith("\n") and not re.fullmatch(r"[^\w\s]", w):
-                out.append(" " + w)
-            else:
-                out.append(w)
-        return "".join(out)
+    def decode(ids):  # words joined by spaces, punctuation attached, <|endoftext|> on a line of its own
+        text = re.sub(" ?" + re.escape(EOT) + " ?", "\n" + EOT + "\n", " ".join(itos[i] for i in ids))
+        return re.sub(r" ([^\w\s])", r"\1", text)
     return encode, decode
 
 # ----------------------------------------------------------------------------------
@@ -375,9 +360,7 @@ def prepare_text_files(paths, name, out_dir="data", tokenizer="chars", val_fract
             raise SystemExit(f"error: {len(vocab)} distinct characters do not fit uint16: use --tokenizer gpt2")
         ids, itos, eot, vocab_size = np.searchsorted(vocab, codepoints), [chr(c) for c in vocab], None, len(vocab)
     else:
-        if enc is None:
-            import tiktoken
-            enc = tiktoken.get_encoding("gpt2")
+        enc = gpt2_encoding(enc)
         ids = np.array([i for t in texts for i in enc.encode_ordinary(t) + [enc.eot_token]], dtype=np.int64)
         itos, eot, vocab_size = None, enc.eot_token, enc.n_vocab
     n_val = int(len(ids) * val_fraction)
@@ -398,9 +381,7 @@ def prepare_hf(dataset, name, out_dir="data", source="", enc=None, test_size=0.0
     """Tokenize a loaded datasets.Dataset with a "text" column (GPT-2 BPE + EOT per document),
     split off test_size of the documents as val, and write the memmaps shard by shard."""
     from tqdm import tqdm
-    if enc is None:
-        import tiktoken
-        enc = tiktoken.get_encoding("gpt2")
+    enc = gpt2_encoding(enc)
     assert enc.n_vocab <= 65536, "token ids must fit uint16"
     split = dataset.train_test_split(test_size=test_size, seed=seed, shuffle=True)
     split["val"] = split.pop("test")
@@ -414,7 +395,7 @@ def prepare_hf(dataset, name, out_dir="data", source="", enc=None, test_size=0.0
     with staged_dir(os.path.join(out_dir, name)) as tmp:
         for split_name in ("train", "val"):
             dset = tokenized[split_name]
-            total = int(np.sum(np.asarray(list(dset["len"]), dtype=np.int64)))
+            total = int(dset.select_columns(["len"]).with_format("numpy")[:]["len"].sum())
             arr = np.memmap(tmp(f"{split_name}.bin"), dtype=np.uint16, mode="w+", shape=(max(total, 1),))
             n_shards, idx = min(max_shards, len(dset)), 0
             for i in tqdm(range(n_shards), desc=f"writing {split_name}.bin"):
@@ -429,11 +410,14 @@ def prepare_hf(dataset, name, out_dir="data", source="", enc=None, test_size=0.0
     return meta
 
 
-def prepare_openwebtext(out_dir="data", num_proc=8):
+def prepare_openwebtext(out_dir="data", num_proc=8, revision=OWT_REVISION):
     from datasets import load_dataset
-    dataset = load_dataset(OWT_REPO, revision=OWT_REVISION, split="train", num_proc=num_proc)
-    print(f"loaded {len(dataset):,} documents from {OWT_REPO}@{OWT_REVISION} (the full set has 8,013,769)")
-    return prepare_hf(dataset, "openwebtext", out_dir, f"hf:{OWT_REPO}@{OWT_REVISION}", num_proc=num_proc)
+    splits = load_dataset(OWT_REPO, revision=revision, num_proc=num_proc)
+    # the Hub converts only the first few GB of very big datasets, naming the split "partial-train"
+    split = "train" if "train" in splits else next(iter(splits))
+    dataset = splits[split]
+    print(f"loaded {len(dataset):,} documents from {OWT_REPO}@{revision} split {split!r} (the full set has 8,013,769)")
+    return prepare_hf(dataset, "openwebtext", out_dir, f"hf:{OWT_REPO}@{revision}/{split}", num_proc=num_proc)
 
 
 def download_shakespeare(out_dir="data"):
@@ -460,6 +444,7 @@ def main(argv=None):
     p.add_argument("--n_docs", type=int, default=8000, help="concept world documents")
     p.add_argument("--val_fraction", type=float, default=None, help="default 0.05 (concepts), 0.1 (text files)")
     p.add_argument("--num_proc", type=int, default=max(1, (os.cpu_count() or 2) // 2), help="openwebtext workers")
+    p.add_argument("--hf_revision", default=OWT_REVISION, help="openwebtext hub revision (main once it has no script)")
     args = p.parse_args(argv)
     name = args.dataset or (os.path.splitext(os.path.basename(args.input[0]))[0] if args.input else "concepts")
     if args.input:
@@ -475,7 +460,7 @@ def main(argv=None):
     elif name == "openwebtext":
         if args.tokenizer == "chars":
             raise SystemExit("error: openwebtext is prepared with the gpt2 tokenizer only: drop --tokenizer chars")
-        meta = prepare_openwebtext(args.out_dir, args.num_proc)
+        meta = prepare_openwebtext(args.out_dir, args.num_proc, args.hf_revision)
     else:
         raise SystemExit(f"error: unknown dataset {name!r}: use concepts, shakespeare or openwebtext, "
                          "or build one from local files with --input FILE [FILE ...] --dataset NAME")

@@ -336,4 +336,5 @@ while True:
         t0 = time.time()
 
 if world_size > 1:
+    dist.barrier()  # let rank 0 finish its checkpoint before the group is torn down
     dist.destroy_process_group()

@@ -1,0 +1,512 @@
+"""
+Evaluate checkpoints as the paper does (Section 3.1, Table 1): perplexity on a whole validation split, the
+seven zero-shot tasks the paper runs through lm-evaluation-harness (here run natively, no harness needed),
+probes of the concept world's latent concepts, and a side-by-side table and plots for several runs.
+
+    python eval.py out/ntp                                   # val perplexity (+ concept probes on the concept world)
+    python eval.py out/compare/ntp_s1 out/compare/cocomix_s1 --tasks=val,concept_probes --out=out/eval
+    python eval.py out/owt_ntp --tasks=paper                 # OWT val + the seven tasks, loaded from the hub
+    python eval.py out/owt_ntp --tasks=val,piqa --task_dir=evals   # offline: evals/piqa.jsonl, the hub's rows
+
+Tasks: val, concept_probes, lambada_openai, wikitext, hellaswag, piqa, social_iqa, arc_easy, winogrande;
+"paper" is val and the seven; NAME=FILE.jsonl reads one task from a local file. Prompts, scoring and metrics
+follow lm-eval's zero-shot defaults. For the full harness, make_lm_eval_model() wraps a checkpoint as an
+lm_eval LM (or pass --harness=task,task). Writes table.md, results.json, tasks.png and curves.png to --out.
+"""
+import json
+import math
+import os
+import re
+import sys
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from prepare import get_tokenizer, load_concept_labels, load_meta
+from sample import load_model
+
+# -----------------------------------------------------------------------------
+tasks = "auto"              # comma-separated; "auto": val, plus concept_probes on the concept world
+task_dir = ""               # local <task>.jsonl files in the hub's row format; "" loads tasks from the hub
+limit = 0                   # documents per task and concept-probe documents (0: all)
+dataset = ""                # val perplexity and probes on this prepared dataset ("": the checkpoint's own)
+data_root = ""              # "": the checkpoint's
+probe_prefix = 32           # concept probes: a probed word is at least this many tokens into its document
+harness = ""                # lm-eval task names to run through lm_eval.simple_evaluate (needs `pip install lm_eval`)
+batch_size = 16
+out = "out/eval"            # table.md, results.json, tasks.png, curves.png
+device = "auto"
+dtype = "auto"              # one precision for every checkpoint: "auto" is bfloat16 on CUDA, float32 on CPU
+seed = 1337
+# -----------------------------------------------------------------------------
+
+# lm-eval's zero-shot tasks: hub dataset, config, split, and the fields a row needs
+TASKS = {
+    "lambada_openai": ("EleutherAI/lambada_openai", "default", "test", ["text"]),
+    "wikitext": ("EleutherAI/wikitext_document_level", "wikitext-2-raw-v1", "test", ["page"]),
+    "hellaswag": ("Rowan/hellaswag", None, "validation", ["activity_label", "ctx_a", "ctx_b", "endings", "label"]),
+    "piqa": ("baber/piqa", None, "validation", ["goal", "sol1", "sol2", "label"]),
+    "social_iqa": ("lighteval/siqa", None, "validation",
+                   ["context", "question", "answerA", "answerB", "answerC", "label"]),
+    "arc_easy": ("allenai/ai2_arc", "ARC-Easy", "test", ["question", "choices", "answerKey"]),
+    "winogrande": ("allenai/winogrande", "winogrande_xl", "validation", ["sentence", "option1", "option2", "answer"]),
+}
+# Table 1's columns: (task, metric, header). Avg PPL averages the first three, Avg Acc the next five.
+COLUMNS = [("val", "ppl", "Val"), ("lambada_openai", "ppl", "LAMB"), ("wikitext", "word_perplexity", "Wiki"),
+           ("hellaswag", "acc_norm", "HellaS"), ("piqa", "acc", "PIQA"), ("social_iqa", "acc", "SIQA"),
+           ("arc_easy", "acc", "ARC-E"), ("winogrande", "acc", "WinoG"), ("concept_probes", "acc", "Probes")]
+PPL = ("ppl", "word_perplexity")  # the lower-is-better metrics among them
+
+# -----------------------------------------------------------------------------
+# scoring: everything below reduces to log p(continuation | context) over token ids
+
+
+@torch.no_grad()
+def loglikelihoods(model, requests, batch_size=16, autocast=nullcontext(), desc="scoring"):
+    """(log p(continuation | context), whether greedy decoding yields the continuation) per (context ids,
+    continuation ids) request. As lm-eval, the input is cut from the left to block_size tokens. Requests run
+    longest first in right-padded batches: padding after a sequence cannot change it, attention is causal."""
+    T = model.config.block_size
+    dev = next(model.parameters()).device
+    rows = []
+    for context, continuation in requests:
+        assert len(context) and len(continuation), "a request needs a context token and a continuation"
+        seq = (list(context) + list(continuation))[-(T + 1):]
+        rows.append((seq[:-1], seq[-min(len(continuation), T):]))
+    order = sorted(range(len(rows)), key=lambda i: -len(rows[i][0]))
+    results = [None] * len(rows)
+    with tqdm(total=len(rows), desc=desc, leave=False, disable=len(rows) < 2 * batch_size) as bar:
+        for k in range(0, len(order), batch_size):
+            batch = order[k:k + batch_size]
+            x = torch.zeros(len(batch), len(rows[batch[0]][0]), dtype=torch.long)
+            for r, i in enumerate(batch):
+                x[r, :len(rows[i][0])] = torch.tensor(rows[i][0])
+            with autocast:
+                logits = model(x.to(dev))[0]
+            for r, i in enumerate(batch):
+                n, target = len(rows[i][0]), torch.tensor(rows[i][1], device=dev)
+                logp = F.log_softmax(logits[r, n - len(target):n].float(), dim=-1)
+                results[i] = (logp.gather(1, target[:, None]).sum().item(), bool((logp.argmax(-1) == target).all()))
+            bar.update(len(batch))
+    return results
+
+
+def encode_pair(encode, context, continuation, prefix):
+    """Context and continuation ids, split as lm-eval does: trailing spaces of the context move to the
+    continuation and the pair is encoded whole, so a word is tokenized as in running text. An empty context
+    becomes the end-of-text token (or, without one, the continuation's first token, which is then not scored)."""
+    if not context:
+        ids = encode(continuation)
+        return ([prefix], ids) if prefix is not None else (ids[:1], ids[1:])
+    n = len(context) - len(context.rstrip())
+    if n:
+        context, continuation = context[:-n], context[-n:] + continuation
+    whole, ctx = encode(context + continuation), encode(context)
+    return ctx, whole[len(ctx):]
+
+
+def rolling_requests(ids, prefix, T):
+    """lm-eval's rolling windows for a document's total log-likelihood: every token is predicted once, in
+    chunks of T, each chunk with as much preceding context as fits (the first after the end-of-text token)."""
+    full = ([prefix] if prefix is not None else []) + list(ids)
+    return [(full[max(0, b - 1 - T):a], full[a:b]) for a in range(1, len(full), T) for b in [min(a + T, len(full))]]
+
+
+def val_perplexity(model, data_dir, split="val", **kw):
+    """Perplexity over a whole split in non-overlapping block_size windows, as the paper's OWT number.
+    Token-weighted: equal to the paper's mean of per-window losses when the last window is full too."""
+    path = os.path.join(data_dir, f"{split}.bin")
+    if not os.path.exists(path):
+        raise SystemExit(f"error: {path} not found: run `python prepare.py --dataset {os.path.basename(data_dir)}`")
+    data = np.fromfile(path, dtype=np.uint16).astype(np.int64)
+    T = model.config.block_size
+    reqs = [(data[a - 1:a].tolist(), data[a:a + T].tolist()) for a in range(1, len(data), T)]
+    nll = -sum(ll for ll, _ in loglikelihoods(model, reqs, desc=f"{split} perplexity", **kw)) / (len(data) - 1)
+    return {"loss": nll, "ppl": math.exp(nll), "tokens": len(data) - 1}
+
+# -----------------------------------------------------------------------------
+# the seven zero-shot tasks: rows, prompts and metrics as lm-eval's default zero-shot settings
+
+
+def load_docs(task, path=None, limit=0):
+    """A task's rows: from a local JSON-lines file in the hub's row format, else from the hub."""
+    hub, name, split, fields = TASKS[task]
+    source = path or f"{hub} ({split})"
+    if path:
+        if not os.path.isfile(path):
+            raise SystemExit(f"error: task file {path} not found: give --task_dir=DIR holding {task}.jsonl")
+        rows = []
+        for i, line in enumerate(open(path, encoding="utf-8"), 1):
+            try:
+                rows += [json.loads(line)] if line.strip() else []
+            except json.JSONDecodeError:
+                raise SystemExit(f"error: {path} line {i} is not JSON: task files hold one JSON object per line")
+    else:
+        from datasets import load_dataset
+        try:
+            rows = load_dataset(hub, name, split=split)
+        except Exception as e:
+            raise SystemExit(f"error: could not load {source} from the hub ({type(e).__name__}): check the "
+                             f"network, or pass --task_dir=DIR with {task}.jsonl in the same row format")
+    rows = [rows[i] for i in range(min(limit, len(rows)) if limit else len(rows))]
+    for i, row in enumerate(rows, 1):
+        missing = [k for k in fields if not isinstance(row, dict) or k not in row]
+        if missing:
+            raise SystemExit(f"error: {source} row {i} lacks {', '.join(missing)}: {task} rows need the fields "
+                             f"{', '.join(fields)}, as in {hub}")
+    return rows
+
+
+def hellaswag_clean(text):
+    """lm-eval's HellaSwag cleanup: WikiHow's " [title]" marks end a sentence, other [tags] go."""
+    text = re.sub(r"\[.*?\]", "", text.strip().replace(" [title]", ". "))
+    return text.replace("  ", " ")
+
+
+def wikitext_detokenize(text):
+    """Undo WikiText's tokenization (" @-@ " for "-", spaces inside brackets and around punctuation) as
+    lm-eval does before scoring; the word and byte counts stay those of the raw page."""
+    punctuation = [(f" {p} ", f"{p} ") for p in ":;.!?,"]
+    for a, b in [("s '", "s'"), (" @-@ ", "-"), (" @,@ ", ","), (" @.@ ", "."), *punctuation]:
+        text = text.replace(a, b)
+    for o, c in ("()", "[]", "{}", '""', "''"):
+        text = re.sub(rf"{re.escape(o)}\s*([^{re.escape(c)}]*?)\s*{re.escape(c)}", lambda m: o + m[1] + c, text)
+    for a, b in [("= = = =", "===="), ("= = =", "==="), ("= =", "=="), (" \N{DEGREE SIGN} ", "\N{DEGREE SIGN}"),
+                 (" \n", "\n"), ("\n ", "\n"), (" N ", " 1 "), (" 's", "'s")]:
+        text = text.replace(a, b)
+    return text
+
+
+def multiple_choice(task, doc):
+    """(one (context, continuation) string pair per answer, gold index, the answers for acc_norm's lengths)."""
+    if task == "winogrande":  # partial evaluation: each option fills the blank; score the same rest of the sentence
+        i = doc["sentence"].index("_")
+        contexts = [doc["sentence"][:i] + doc[o] for o in ("option1", "option2")]
+        return [(c, " " + doc["sentence"][i + 1:].strip()) for c in contexts], {"1": 0, "2": 1}[doc["answer"]], contexts
+    if task == "hellaswag":
+        context = hellaswag_clean(doc["activity_label"] + ": " + doc["ctx_a"] + " " + doc["ctx_b"].capitalize())
+        answers, gold = [hellaswag_clean(e) for e in doc["endings"]], int(doc["label"])
+    elif task == "piqa":
+        context, answers, gold = f"Question: {doc['goal']}\nAnswer:", [doc["sol1"], doc["sol2"]], int(doc["label"])
+    elif task == "social_iqa":
+        context, gold = f"Q: {doc['context']} {doc['question']}\nA:", int(doc["label"]) - 1
+        answers = [doc["answerA"], doc["answerB"], doc["answerC"]]
+    else:  # arc_easy
+        context, answers = f"Question: {doc['question']}\nAnswer:", doc["choices"]["text"]
+        gold = doc["choices"]["label"].index(doc["answerKey"])
+    return [(context, " " + a) for a in answers], gold, answers
+
+
+def run_task(model, task, docs, encode, prefix, **kw):
+    """Score one task's rows. Multiple choice: acc (argmax of summed log-likelihoods) and acc_norm (divided
+    by the answer's length in characters); LAMBADA: perplexity and greedy accuracy of the last word;
+    WikiText: word and byte perplexity of whole pages."""
+    T, reqs, spans = model.config.block_size, [], []
+    for i, doc in enumerate(docs, 1):
+        try:
+            if task == "lambada_openai":
+                context, _, word = doc["text"].rpartition(" ")
+                pairs, extra = [encode_pair(encode, context, " " + word, prefix)], None
+            elif task == "wikitext":
+                pairs = rolling_requests(encode(wikitext_detokenize(doc["page"])), prefix, T)
+                extra = (len(re.split(r"\s+", doc["page"])), len(doc["page"].encode("utf-8")))
+            else:
+                strings, gold, answers = multiple_choice(task, doc)
+                pairs = [encode_pair(encode, c, t, prefix) for c, t in strings]
+                extra = (gold, [len(a) for a in answers])
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError) as e:
+            if "vocabulary" in str(e):  # raised by the words and chars encoders of prepare.get_tokenizer
+                raise SystemExit(f"error: {task}: {e}; this checkpoint's tokenizer cannot read the task: "
+                                 f"evaluate a checkpoint trained with the gpt2 tokenizer (e.g. on openwebtext)")
+            raise SystemExit(f"error: {task} row {i} is malformed ({type(e).__name__}: {e}): rows must look like "
+                             f"{TASKS[task][0]}'s")
+        spans.append((len(reqs), len(pairs), extra))
+        reqs += pairs
+    scores = loglikelihoods(model, reqs, desc=task, **kw)
+    lls = np.array([ll for ll, _ in scores])
+    if task == "lambada_openai":
+        return {"ppl": math.exp(-lls.mean()), "acc": float(np.mean([g for _, g in scores])), "n": len(docs)}
+    if task == "wikitext":
+        total, words, nbytes = lls.sum(), sum(s[2][0] for s in spans), sum(s[2][1] for s in spans)
+        return {"word_perplexity": math.exp(-total / words), "byte_perplexity": math.exp(-total / nbytes),
+                "bits_per_byte": -total / nbytes / math.log(2), "n": len(docs)}
+    acc = [np.argmax(lls[s:s + n]) == gold for s, n, (gold, _) in spans]
+    acc_norm = [np.argmax(lls[s:s + n] / np.array(lens)) == gold for s, n, (gold, lens) in spans]
+    return {"acc": float(np.mean(acc)), "acc_norm": float(np.mean(acc_norm)), "n": len(docs)}
+
+# -----------------------------------------------------------------------------
+# concept probes: multiple choice that only a model which inferred a document's latent concepts can pass
+
+
+def concept_probe_items(data_dir, prefix_tokens=32, n_docs=0, seed=1337):
+    """Items on the concept world's val documents. Each cuts a document at a word that a latent factor
+    produced (at least prefix_tokens into it) and offers the rest of that sentence with the word as written
+    or with the same-slot word of each other value of that factor (chance: 1 / values). Seeded."""
+    meta = load_meta(data_dir)
+    if "concepts" not in meta or not os.path.exists(os.path.join(data_dir, "val_concepts.bin")):
+        raise SystemExit(f"error: {data_dir} has no planted concepts: concept_probes need the concept world "
+                         "(python prepare.py), or drop concept_probes from --tasks")
+    tokens = np.fromfile(os.path.join(data_dir, "val.bin"), dtype=np.uint16).astype(np.int64)
+    concepts, drivers = load_concept_labels(data_dir, "val")
+    stoi = {w: i for i, w in enumerate(meta["itos"])}
+    eot, stop = meta["eot_token"], stoi["."]
+    articles = {stoi.get("a"), stoi.get("an")}  # "an" before a vowel would give the true word away by grammar
+    # prepare.py lists a value's words slot by slot, in the same order for every value of a factor, so the
+    # i-th words of all values fill the same slot; a slot whose words repeat across values (she, her) is skipped
+    words = {(c["factor_index"], c["value_index"]): [stoi[w] for w in c["words"]] for c in meta["concepts"]}
+    n_values = [len(f["values"]) for f in meta["concept_factors"]]
+    ends = np.flatnonzero(tokens == eot)
+    starts = np.r_[0, ends[:-1] + 1]
+    rng = np.random.default_rng(seed)
+    docs = sorted(rng.choice(len(ends), n_docs, replace=False)) if 0 < n_docs < len(ends) else range(len(ends))
+    items = []
+    for d in docs:
+        s, e = starts[d], ends[d]
+        for f, n in enumerate(n_values):
+            options = []
+            for p in np.flatnonzero(drivers[s + prefix_tokens:e] == f) + s + prefix_tokens:
+                if tokens[p - 1] in articles:
+                    continue
+                i = words[f, int(concepts[p, f])].index(tokens[p])
+                alts = [words[f, v][i] if i < len(words[f, v]) else -1 for v in range(n)]
+                if -1 not in alts and len(set(alts)) == n:
+                    options.append((p, alts))
+            if options:
+                p, alts = options[rng.integers(len(options))]
+                q = p + 1 + np.argmax(np.r_[tokens[p + 1:e], stop] == stop)  # the sentence's full stop
+                rest = tokens[p + 1:q + 1].tolist()
+                items.append({"factor": f, "gold": int(concepts[p, f]), "context": [eot] + tokens[s:p].tolist(),
+                              "continuations": [[w] + rest for w in alts]})
+    return items
+
+
+def concept_probes(model, data_dir, prefix_tokens=32, n_docs=0, seed=1337, **kw):
+    """Accuracy of picking the true concept word, overall and per factor, with the chance level."""
+    items = concept_probe_items(data_dir, prefix_tokens, n_docs, seed)
+    if not items:
+        raise SystemExit(f"error: no concept probes in {data_dir}: lower --probe_prefix={prefix_tokens}")
+    reqs = [(it["context"], c) for it in items for c in it["continuations"]]
+    lls = np.array([ll for ll, _ in loglikelihoods(model, reqs, desc="concept probes", **kw)])
+    per_item = np.split(lls, np.cumsum([len(it["continuations"]) for it in items])[:-1])
+    correct = [np.argmax(ll) == it["gold"] for ll, it in zip(per_item, items)]
+    out = {"acc": float(np.mean(correct)), "chance": float(np.mean([1 / len(it["continuations"]) for it in items])),
+           "n": len(items)}
+    for f, factor in enumerate(load_meta(data_dir)["concept_factors"]):
+        hits = [c for c, it in zip(correct, items) if it["factor"] == f]
+        if hits:
+            out[f"acc_{factor['name']}"] = float(np.mean(hits))
+    return out
+
+# -----------------------------------------------------------------------------
+# one model, many tasks
+
+
+def parse_tasks(spec, task_dir="", has_concepts=False):
+    """[(task, local file or None)] from "val,piqa,winogrande=path.jsonl"; "paper" is val and the seven tasks."""
+    if spec == "auto":
+        spec = "val,concept_probes" if has_concepts else "val"
+    out = []
+    items = [i.strip() for i in spec.split(",")]
+    for item in [t for i in items for t in (["val", *TASKS] if i == "paper" else [i])]:
+        name, _, path = item.partition("=")
+        if name not in TASKS and name not in ("val", "concept_probes"):
+            raise SystemExit(f"error: unknown task {name!r}: use val, concept_probes, paper, {', '.join(TASKS)}, "
+                             "or NAME=FILE.jsonl")
+        if not path and task_dir and name in TASKS:
+            path = os.path.join(task_dir, f"{name}.jsonl")
+        if name not in (t for t, _ in out):
+            out.append((name, path or None))
+    return out
+
+
+def check_same_tokenizer(meta, data_dir):
+    """The meta of data_dir, if it is tokenized as the checkpoint's dataset (described by meta) was."""
+    data_meta = load_meta(data_dir)
+    if (data_meta["tokenizer"], data_meta.get("itos")) != (meta["tokenizer"], meta.get("itos")):
+        raise SystemExit(f"error: {data_dir} is tokenized with {data_meta['tokenizer']} ({data_meta['vocab_size']} "
+                         f"tokens) but the checkpoint learned {meta['dataset']} ({meta['tokenizer']}, "
+                         f"{meta['vocab_size']} tokens): evaluate on a dataset with the checkpoint's tokenizer")
+    return data_meta
+
+
+def evaluate(model, meta, task_list, data_dir=None, enc=None, limit=0, probe_prefix=32, seed=1337, **kw):
+    """{task: {metric: value}} for one model. meta is the checkpoint's dataset meta (its tokenizer),
+    data_dir the prepared dataset for val and concept_probes; enc an offline tiktoken Encoding for tests."""
+    n = enc.n_vocab if enc is not None and meta["tokenizer"] == "gpt2" else meta["vocab_size"]
+    if n > model.config.vocab_size:  # a token the model has no output for
+        raise SystemExit(f"error: the tokenizer has {n} tokens but the checkpoint's vocabulary only "
+                         f"{model.config.vocab_size}: evaluate with the tokenizer the checkpoint was trained with")
+    encode = get_tokenizer(meta, enc)[0] if any(t in TASKS for t, _ in task_list) else None
+    results = {}
+    for task, path in task_list:
+        if task == "val":
+            results[task] = val_perplexity(model, data_dir, **kw)
+        elif task == "concept_probes":
+            results[task] = concept_probes(model, data_dir, probe_prefix, limit, seed, **kw)
+        else:
+            results[task] = run_task(model, task, load_docs(task, path, limit), encode, meta.get("eot_token"), **kw)
+        print(f"  {task}: " + ", ".join(f"{k} {v:.4g}" for k, v in results[task].items()), flush=True)
+    return results
+
+# -----------------------------------------------------------------------------
+# lm-evaluation-harness adapter (optional: lm_eval is imported only here)
+
+
+def make_lm_eval_model(model, meta, enc=None, batch_size=16, autocast=nullcontext()):
+    """Wrap a model as an lm_eval.api.model.LM, so lm_eval.simple_evaluate(model=..., tasks=[...]) can run
+    any harness task on our checkpoints, with the same scoring as the native tasks."""
+    try:
+        from lm_eval.api.model import LM
+    except ImportError:
+        raise SystemExit("error: the lm-eval adapter needs lm-evaluation-harness: pip install lm_eval")
+    encode, decode = get_tokenizer(meta, enc)
+    prefix, kw = meta.get("eot_token"), dict(batch_size=batch_size, autocast=autocast)
+
+    class CocomixLM(LM):
+        def loglikelihood(self, requests):
+            return loglikelihoods(model, [encode_pair(encode, *r.args, prefix) for r in requests], **kw)
+
+        def loglikelihood_rolling(self, requests):
+            windows = [rolling_requests(encode(r.args[0]), prefix, model.config.block_size) for r in requests]
+            lls = iter(loglikelihoods(model, [w for ws in windows for w in ws], **kw))
+            return [sum(next(lls)[0] for _ in ws) for ws in windows]
+
+        def generate_until(self, requests):
+            outputs = []
+            for context, gen_kwargs in (r.args for r in requests):
+                until = gen_kwargs.get("until") or []
+                until = [until] if isinstance(until, str) else until
+                ids = encode(context) or [prefix]
+                x = torch.tensor(ids, device=next(model.parameters()).device)[None, -model.config.block_size:]
+                with autocast:  # top_k=1 makes sampling greedy
+                    y = model.generate(x, gen_kwargs.get("max_gen_toks", 256), top_k=1)
+                text = decode(y[0, x.size(1):].tolist())
+                outputs.append(text[:min([text.index(s) for s in until if s in text] or [len(text)])])
+            return outputs
+
+    return CocomixLM()
+
+# -----------------------------------------------------------------------------
+# several runs: Table 1 in markdown, results.json, per-task bars, training curves
+
+
+def format_row(name, r):
+    cells = [name, r["method"], format_params(r["params"])]
+    for task, metric, _ in COLUMNS:
+        if task in r["tasks"]:
+            v = r["tasks"][task][metric]
+            cells.append(format_ppl(v) if metric in PPL else f"{100 * v:.1f}")
+    ppl = [r["tasks"][t][m] for t, m, _ in COLUMNS[:3] if t in r["tasks"]]
+    acc = [r["tasks"][t][m] for t, m, _ in COLUMNS[3:8] if t in r["tasks"]]
+    cells += [format_ppl(np.mean(ppl))] if len(ppl) == 3 else []
+    cells += [f"{100 * np.mean(acc):.1f}"] if len(acc) == 5 else []
+    return "| " + " | ".join(cells) + " |"
+
+
+def format_ppl(v):
+    return f"{v:.2f}" if v < 1e5 else f"{v:.2e}"  # an untrained model's perplexity is astronomical
+
+
+def format_params(n):
+    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e6:.3f}M"
+
+
+def markdown_table(results):
+    """Table 1's layout: one row per run; PPL columns lower is better, accuracies in percent."""
+    first = next(iter(results.values()))
+    val_name = "OWT" if first["dataset"] == "openwebtext" else f"Val PPL ({first['dataset']})"
+    heads = ["Run", "Method", "Params"] + [val_name if t == "val" else h for t, _, h in COLUMNS if t in first["tasks"]]
+    heads += ["Avg PPL"] * all(t in first["tasks"] for t, _, _ in COLUMNS[:3])
+    heads += ["Avg Acc"] * all(t in first["tasks"] for t, _, _ in COLUMNS[3:8])
+    if "concept_probes" in first["tasks"]:
+        heads[heads.index("Probes")] = f"Probes (chance {100 * first['tasks']['concept_probes']['chance']:.1f})"
+    lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
+    return "\n".join(lines + [format_row(name, r) for name, r in results.items()])
+
+
+def plot_tasks(results, path):
+    """One panel per Table 1 column, one bar per run."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    cols = [c for c in COLUMNS if all(c[0] in r["tasks"] for r in results.values())]
+    rows, per_row = -(-len(cols) // 4), min(4, len(cols))
+    fig, axes = plt.subplots(rows, per_row, figsize=(3 * per_row, 3 * rows), squeeze=False)
+    for ax in axes.flat[len(cols):]:
+        ax.axis("off")
+    for ax, (task, metric, head) in zip(axes.flat, cols):
+        values = [r["tasks"][task][metric] for r in results.values()]
+        ax.bar(range(len(results)), values, color=[f"C{i}" for i in range(len(results))])
+        ax.set_xticks(range(len(results)), list(results), rotation=45, ha="right", fontsize=7)
+        ax.set_title(f"{head} {metric}" + (" (lower is better)" if metric in PPL else ""), fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_curves(run_dirs, path):
+    """Val loss against tokens from each run's metrics.jsonl, seeds of a method (<method>_s<seed>) averaged."""
+    from compare import plot, read_metrics
+    groups = {}
+    for run in run_dirs:
+        name = os.path.basename(os.path.normpath(run))
+        method, sep, s = name.rpartition("_s")
+        if os.path.exists(os.path.join(run, "metrics.jsonl")):
+            groups.setdefault(method if sep and s.isdigit() else name, []).append(read_metrics(run))
+    if groups:
+        plot(groups, path, title="validation loss")
+    return bool(groups)
+
+
+def main(run_dirs):
+    if not run_dirs:
+        raise SystemExit("usage: python eval.py RUN_DIR [RUN_DIR ...] [--tasks=...] [--key=value ...]")
+    dev = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    dev_type = "cuda" if dev.startswith("cuda") else "cpu"
+    dt = {"auto": "bfloat16" if dev_type == "cuda" else "float32"}.get(dtype, dtype)
+    ptdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(dt)
+    if ptdtype is None:
+        raise SystemExit(f"error: unknown dtype={dtype!r}: use auto, float32, bfloat16 or float16")
+    autocast = nullcontext() if ptdtype == torch.float32 else torch.autocast(dev_type, dtype=ptdtype)
+    results = {}
+    for run in run_dirs:
+        model, meta = load_model(run, dev)
+        model.eval().to(dev)
+        ckpt = torch.load(os.path.join(run, "ckpt.pt"), map_location="cpu", weights_only=False, mmap=True)
+        cfg = ckpt["config"]
+        data_dir = os.path.join(data_root or cfg["data_root"], dataset or cfg["dataset"])
+        data_meta = check_same_tokenizer(meta, data_dir)
+        name = os.path.basename(os.path.normpath(run))
+        name = os.path.normpath(run) if name in results else name
+        method = "CoCoMix" if model.config.n_concepts else "NTP"
+        print(f"{name}: {method}, {format_params(model.get_num_params(activated=True))} parameters, "
+              f"iteration {ckpt['iter_num']}, {dt} on {dev}")
+        kw = dict(batch_size=batch_size, autocast=autocast)
+        task_list = parse_tasks(tasks, task_dir, "concepts" in data_meta)
+        res = evaluate(model, meta, task_list, data_dir, limit=limit, probe_prefix=probe_prefix, seed=seed, **kw)
+        if harness:
+            import lm_eval
+            lm = make_lm_eval_model(model, meta, **kw)
+            res["harness"] = lm_eval.simple_evaluate(model=lm, tasks=harness.split(","), limit=limit or None)["results"]
+        results[name] = {"run": run, "method": method, "params": model.get_num_params(activated=True),
+                         "iter": ckpt["iter_num"], "dataset": data_meta["dataset"], "dtype": dt, "tasks": res}
+    os.makedirs(out, exist_ok=True)
+    table = markdown_table(results)
+    with open(os.path.join(out, "table.md"), "w") as f:
+        f.write(table + "\n")
+    with open(os.path.join(out, "results.json"), "w") as f:
+        json.dump(results, f, indent=1, default=str)
+    plot_tasks(results, os.path.join(out, "tasks.png"))
+    curves = plot_curves(run_dirs, os.path.join(out, "curves.png"))
+    print(table)
+    print(f"wrote {out}/table.md, results.json, tasks.png" + (", curves.png" if curves else ""))
+
+
+if __name__ == "__main__":
+    from configurator import configure
+    args = sys.argv[1:]
+    configure(globals(), [a for a in args if a.startswith("--") or a.endswith(".py")])
+    main([a for a in args if not a.startswith("--") and not a.endswith(".py")])

@@ -1,0 +1,331 @@
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import run_script
+from model import GPT, GPTConfig
+from sae import (SAE, ConceptExtractor, auroc, auxk_loss, check_vocab, concept_recovery, densify, fvu, layer_norm,
+                 load_concept_extractor, load_sae, sae_from_openai, teacher_hidden, teacher_logits, topk_relu)
+
+TEACHER = dict(block_size=16, vocab_size=24, n_layer=3, n_head=2, n_embd=32)
+
+
+def tiny_teacher(seed=0):
+    torch.manual_seed(seed)
+    return GPT(GPTConfig(**TEACHER)).eval().requires_grad_(False)
+
+
+def tiny_sae(n_inputs=32, n_latents=64, k=8, seed=1):
+    torch.manual_seed(seed)
+    sae = SAE(n_inputs, n_latents, k)
+    with torch.no_grad():  # away from the symmetric init, so that every term of the equations matters
+        for p in (sae.pre_bias, sae.latent_bias):
+            p.normal_(0, 0.3)
+    return sae
+
+
+def test_fvu_is_squared_error_over_squared_deviation_from_the_mean():
+    torch.manual_seed(0)
+    x = torch.randn(200, 8) * 3 + 5
+    x_hat = x + 0.5 * torch.randn_like(x)
+    assert fvu(x, x).item() == 0
+    assert fvu(x, x.mean(0).expand_as(x)).item() == pytest.approx(1.0, rel=1e-5)
+    expected = ((x - x_hat) ** 2).sum() / ((x - x.mean(0)) ** 2).sum()
+    assert fvu(x, x_hat).item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_sparse_decode_over_the_k_active_latents_equals_the_dense_decode():
+    sae = tiny_sae()
+    pre = sae.encode_pre_act(torch.randn(3, 5, 32))
+    vals, idx = topk_relu(pre, sae.k)
+    torch.testing.assert_close(sae.decode(vals, idx), sae.decode_dense(densify(vals, idx, sae.n_latents)))
+
+
+def test_init_has_unit_norm_decoder_directions_and_the_encoder_as_their_transpose():
+    sae = SAE(32, 64, 8)
+    torch.testing.assert_close(sae.decoder.weight.norm(dim=0), torch.ones(64))
+    torch.testing.assert_close(sae.encoder.weight, sae.decoder.weight.t())
+    sae.decoder.weight.grad = torch.randn(32, 64)
+    sae.remove_parallel_grads_()
+    torch.testing.assert_close((sae.decoder.weight.grad * sae.decoder.weight).sum(0), torch.zeros(64),
+                               atol=1e-5, rtol=0)
+
+
+def test_reconstruction_is_in_the_input_space_whatever_its_scale_and_offset():
+    sae = tiny_sae()
+    h = torch.randn(10, 32)
+    with torch.no_grad():
+        recon, _, vals, idx = sae(h)
+        recon2, _, vals2, idx2 = sae(7 * h + 3)
+    torch.testing.assert_close(idx2, idx)
+    torch.testing.assert_close(recon2, 7 * recon + 3, atol=1e-4, rtol=1e-4)
+
+
+def test_openai_state_dict_loads_and_computes_their_equations():
+    torch.manual_seed(0)
+    d, n, k = 16, 48, 4
+    sd = {"pre_bias": torch.randn(d), "latent_bias": torch.randn(n), "encoder.weight": torch.randn(n, d),
+          "decoder.weight": torch.randn(d, n), "activation": "TopK", "activation_state_dict": {"k": k, "postact_fn": "ReLU"},
+          "stats_last_nonzero": torch.zeros(n, dtype=torch.long), "latents_activation_frequency": torch.ones(n),
+          "latents_mean_square": torch.zeros(n)}
+    sae = sae_from_openai(dict(sd))
+    assert (sae.n_inputs, sae.n_latents, sae.k, sae.normalize) == (d, n, k, True)
+    h = torch.randn(5, d) * 4 + 1
+    mu, std = h.mean(-1, keepdim=True), h.std(-1, keepdim=True)  # by hand: LN, encode, TopK, ReLU, decode, un-LN
+    pre = ((h - mu) / (std + 1e-5) - sd["pre_bias"]) @ sd["encoder.weight"].t() + sd["latent_bias"]
+    top = pre.topk(k, dim=-1)
+    c = torch.zeros_like(pre).scatter(-1, top.indices, top.values.relu())
+    expected = (c @ sd["decoder.weight"].t() + sd["pre_bias"]) * std + mu
+    with torch.no_grad():
+        recon, pre_ours, vals, idx = sae(h)
+    torch.testing.assert_close(pre_ours, pre, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(densify(vals, idx, n), c, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(recon, expected, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="TopK"):
+        sae_from_openai(dict(sd, activation="ReLU"))
+
+
+def test_teacher_halves_around_the_layer_reproduce_the_gpt_forward():
+    teacher = tiny_teacher()
+    idx = torch.randint(0, 24, (2, 16))
+    for layer in range(3):
+        torch.testing.assert_close(teacher_logits(teacher, teacher_hidden(teacher, idx, layer), layer), teacher(idx)[0])
+
+
+def spliced_latent_gradient(teacher, sae, idx, layer):
+    """Independent check: the hidden state rebuilt from leaf latents, h = (W_dec c + b_pre) * std + mu + err with
+    err = h - reconstruction fixed, so that dL/dc is the gradient of the teacher's loss w.r.t. each latent."""
+    with torch.no_grad():
+        h = teacher_hidden(teacher, idx, layer)
+        x, mu, std = layer_norm(h)
+        pre = sae.encode_pre_act(x)
+        c = densify(*topk_relu(pre, sae.k), sae.n_latents)
+        err = h - (sae.decode_dense(c) * std + mu)
+    c = c.clone().requires_grad_()
+    h_spliced = (sae.decode_dense(c) * std + mu) + err
+    logits = teacher_logits(teacher, h_spliced, layer)
+    loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), idx[:, 1:].flatten())
+    return torch.autograd.grad(loss, c)[0], c.detach(), pre, std
+
+
+@pytest.mark.parametrize("method", ["attribution", "attribution_pre", "activation"])
+def test_concept_scores_are_gradient_times_latent_through_the_spliced_reconstruction(method):
+    teacher, sae, layer = tiny_teacher(), tiny_sae(), 1
+    idx = torch.randint(0, 24, (3, 12))
+    dl_dc, c, pre, std = spliced_latent_gradient(teacher, sae, idx, layer)
+    extractor = ConceptExtractor(teacher, sae, layer, k_attr=3, method=method)
+    scores = extractor.scores(*extractor.teacher_pass(idx))
+    expected = {"attribution": dl_dc * c, "attribution_pre": dl_dc * pre, "activation": c}[method]
+    if method != "activation":  # the official code leaves out the positive per-token std
+        scores = scores * std
+        assert expected[:, :-1].abs().sum() > 0 and (expected[:, -1] == 0).all()  # the last position has no loss
+    torch.testing.assert_close(scores, expected, atol=1e-6, rtol=1e-4)
+    labels = extractor(idx)
+    assert labels.shape == (3, 12, 3) and labels.dtype == torch.long
+    torch.testing.assert_close(expected.gather(-1, labels), expected.topk(3, dim=-1).values, atol=1e-6, rtol=1e-4)
+
+
+def test_labels_need_no_teacher_weight_gradients_and_hold_under_bf16_autocast():
+    teacher, sae = tiny_teacher(), tiny_sae()
+    extractor = ConceptExtractor(teacher, sae, 1, k_attr=4)
+    idx = torch.randint(0, 24, (4, 16))
+    labels = extractor(idx)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        labels_bf16 = extractor(idx)
+    with torch.no_grad():  # train.py's evaluation runs under no_grad
+        assert torch.equal(extractor(idx), labels)
+    assert labels_bf16.dtype == torch.long and labels_bf16.shape == labels.shape
+    same = (labels_bf16.sort(-1).values == labels.sort(-1).values).all(-1)[:, :-1].float().mean()
+    assert same > 0.8  # bf16 teacher activations may swap near-ties, nothing more
+    assert all(p.grad is None for p in [*teacher.parameters(), *sae.parameters()])
+
+
+def test_auxk_models_the_detached_residual_with_dead_latents_only():
+    sae = tiny_sae()
+    x = torch.randn(50, 32)
+    pre = sae.encode_pre_act(x)
+    vals, idx = topk_relu(pre, sae.k)
+    residual = x - sae.decode(vals, idx)
+    dead = torch.arange(64) % 2 == 0
+    loss = auxk_loss(sae, pre, residual, dead, k_aux=5)
+    loss.backward()
+    assert (sae.decoder.weight.grad[:, ~dead] == 0).all() and (sae.encoder.weight.grad[~dead] == 0).all()
+    assert sae.decoder.weight.grad[:, dead].abs().sum() > 0
+    aux_vals, aux_idx = topk_relu(pre.detach().masked_fill(~dead, float("-inf")), 5)
+    aux_recon = densify(aux_vals, aux_idx, 64) @ sae.decoder.weight.detach().t()  # no b_pre: it is in residual
+    assert loss.item() == pytest.approx(fvu(residual.detach(), aux_recon).item(), rel=1e-5)
+    assert auxk_loss(sae, pre, residual, torch.zeros(64, dtype=torch.bool), 5).item() == 0
+
+
+def test_auroc_rank_formula_equals_counting_pairs_with_ties_as_halves():
+    rng = np.random.default_rng(0)
+    scores = torch.from_numpy(rng.integers(0, 4, (60, 3)).astype(np.float32))  # many ties
+    labels = torch.from_numpy(rng.random((60, 2)) < 0.4)
+    got = auroc(scores, labels)
+    for m in range(2):
+        for j in range(3):
+            pos, neg = scores[labels[:, m], j], scores[~labels[:, m], j]
+            pairs = (pos[:, None] > neg[None]).double() + 0.5 * (pos[:, None] == neg[None]).double()
+            assert got[m, j].item() == pytest.approx(pairs.mean().item(), abs=1e-9)
+
+
+def test_concept_recovery_finds_the_latent_planted_for_a_concept():
+    rng = np.random.default_rng(0)
+    n, n_latents = 400, 20
+    concepts = np.stack([rng.integers(0, 2, n), rng.integers(0, 3, n)], 1).astype(np.uint8)
+    drivers = rng.choice([0, 1, 255], n).astype(np.uint8)
+    idx = torch.from_numpy(rng.integers(0, 16, (n, 2)))
+    idx[:, 1] = idx[:, 0] + 1
+    vals = torch.from_numpy(rng.random((n, 2)).astype(np.float32))
+    vals[:, 1] = torch.from_numpy(rng.random(n).astype(np.float32) * 0.1)
+    idx[concepts[:, 1] == 2, 1] = 18  # latent 18 fires exactly on the documents with b=z
+    vals[concepts[:, 1] == 2, 1] = 1.0
+    factors = [{"name": "a", "values": ["x", "y"]}, {"name": "b", "values": ["x", "y", "z"]}]
+    rec = concept_recovery((vals, idx), n_latents, concepts, drivers, factors, chunk=8)
+    bz = rec["concepts"][4]
+    assert (bz["name"], bz["latent"], bz["auroc"], bz["driver_latent"], bz["driver_auroc"]) == ("b=z", 18, 1.0, 18, 1.0)
+    assert len(rec["concepts"]) == 5 and rec["auroc_min"] <= rec["auroc_mean"] <= 1.0
+
+
+# -----------------------------------------------------------------------------
+# the script, end to end, on a tiny teacher and a tiny concept world written here
+
+def train_briefly(model, tokens, steps=150):
+    """A few Adam steps of next-token prediction, so that the teacher's hidden state matters to its loss."""
+    model.train().requires_grad_(True)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(steps):
+        ix = torch.randint(len(tokens) - 17, (16,), generator=gen).tolist()
+        x = torch.from_numpy(np.stack([tokens[i:i + 17] for i in ix]).astype(np.int64))
+        loss = model(x[:, :-1], x[:, 1:])[2]["ntp"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval().requires_grad_(False)
+
+
+@pytest.fixture
+def teacher_and_data(tmp_path):
+    """A toy concept world (two document factors choose the words) in prepare.py's format, and a tiny teacher
+    checkpoint in train.py's format."""
+    rng = np.random.default_rng(0)
+    root = tmp_path / "data"
+    d = root / "toyworld"
+    d.mkdir(parents=True)
+    eot = 20
+    for split, n_docs in (("train", 300), ("val", 40)):
+        tokens, concepts, drivers = [], [], []
+        for _ in range(n_docs):
+            a, b = rng.integers(0, 2), rng.integers(0, 3)
+            kind = rng.choice([0, 1, 255], 24)
+            words = np.where(kind == 0, 2 * a + rng.integers(0, 2, 24),
+                             np.where(kind == 1, 4 + 3 * b + rng.integers(0, 3, 24), 13 + rng.integers(0, 7, 24)))
+            tokens += [*words, eot]
+            concepts += [[a, b]] * 25
+            drivers += [*kind, 255]
+        np.array(tokens, np.uint16).tofile(d / f"{split}.bin")
+        np.array(concepts, np.uint8).tofile(d / f"{split}_concepts.bin")
+        np.array(drivers, np.uint8).tofile(d / f"{split}_drivers.bin")
+    meta = {"dataset": "toyworld", "tokenizer": "words", "vocab_size": 21, "eot_token": eot,
+            "itos": [f"w{i}" for i in range(20)] + ["<|endoftext|>"],
+            "concept_factors": [{"name": "a", "values": ["x", "y"]}, {"name": "b", "values": ["x", "y", "z"]}]}
+    (d / "meta.json").write_text(json.dumps(meta))
+    teacher = train_briefly(tiny_teacher(), np.fromfile(d / "train.bin", dtype=np.uint16))
+    ckpt = {"model": teacher.state_dict(), "model_args": TEACHER, "config": {"dataset": "toyworld", "data_root": str(root)}}
+    torch.save(ckpt, tmp_path / "ckpt.pt")
+    return str(tmp_path / "ckpt.pt"), str(root)
+
+
+SMALL = ["--n_latents=32", "--k=4", "--batch_size=256", "--buffer_tokens=1024", "--eval_tokens=2048", "--log_interval=5",
+         "--dead_tokens=2000", "--k_aux=16", "--learning_rate=3e-3", "--device=cpu"]
+
+
+def test_trains_saves_a_usable_checkpoint_and_resumes(teacher_and_data, tmp_path):
+    teacher_path, _ = teacher_and_data
+    out = tmp_path / "sae"
+    p = run_script("sae.py", f"--teacher={teacher_path}", f"--out_dir={out}", "--max_tokens=20000", *SMALL)
+    assert "fvu" in p.stdout and "tokens/s" in p.stdout and "concept recovery" in p.stdout
+    ckpt = torch.load(out / "sae.pt", weights_only=False)
+    assert not os.path.exists(out / "sae.pt.tmp")
+    assert (ckpt["teacher"], ckpt["layer"], ckpt["k"], ckpt["n_latents"], ckpt["n_inputs"], ckpt["normalize"]) == \
+        (teacher_path, 1, 4, 32, 32, True)
+    m = ckpt["metrics"]
+    assert m["fvu"] < 0.2 and m["l0"] <= 4 and 0 <= m["dead_frac"] < 0.5
+    assert m["loss_clean"] <= m["loss_spliced"] < m["loss_zero"] and 0.5 < m["loss_recovered"] <= 1
+    assert len(m["concept_recovery"]["concepts"]) == 5 and m["concept_recovery"]["auroc_mean"] > 0.7
+    torch.testing.assert_close(ckpt["sae"]["decoder.weight"].norm(dim=0), torch.ones(32))
+
+    extractor = load_concept_extractor(str(out / "sae.pt"), "cpu", k_attr=2)
+    assert (extractor.n_concepts, extractor.k_attr) == (32, 2)
+    assert extractor(torch.randint(0, 21, (2, 16))).shape == (2, 16, 2)
+
+    tokens = ckpt["tokens"]
+    run_script("sae.py", "--init_from=resume", f"--out_dir={out}", "--max_tokens=30000", *SMALL)
+    resumed = torch.load(out / "sae.pt", weights_only=False)
+    assert resumed["tokens"] >= 30000 > tokens and resumed["step"] > ckpt["step"]
+
+
+def test_bad_teacher_layer_or_vocabulary_stops_with_a_one_line_error(teacher_and_data, tmp_path):
+    teacher_path, root = teacher_and_data
+    p = run_script("sae.py", f"--teacher={teacher_path}", f"--out_dir={tmp_path / 'x'}", "--layer=3", *SMALL, check=False)
+    assert p.returncode != 0 and p.stdout.strip().splitlines() == [
+        "error: layer=3 is out of range: the teacher has blocks 0..2"]
+    meta = json.loads(open(os.path.join(root, "toyworld", "meta.json")).read())
+    big = dict(meta, vocab_size=50)
+    (tmp_path / "data" / "big").mkdir()
+    for f in ("train.bin", "val.bin"):
+        os.link(os.path.join(root, "toyworld", f), tmp_path / "data" / "big" / f)
+    (tmp_path / "data" / "big" / "meta.json").write_text(json.dumps(big))
+    p = run_script("sae.py", f"--teacher={teacher_path}", f"--out_dir={tmp_path / 'x'}", "--dataset=big", *SMALL, check=False)
+    assert p.returncode != 0 and len(p.stdout.strip().splitlines()) == 1 and p.stdout.startswith("error: dataset big has 50 tokens but the teacher only 24")
+    assert not os.path.exists(tmp_path / "x")  # nothing written
+    teacher = tiny_teacher()
+    with pytest.raises(ValueError, match="toyworld is tokenized with 'words' but the teacher with 'gpt2'"):
+        check_vocab(teacher, {"tokenizer": "gpt2", "itos": None}, meta, "toyworld")  # e.g. a gpt2 teacher
+    with pytest.raises(ValueError, match="tokenized with another 'words' vocabulary"):
+        check_vocab(teacher, {"tokenizer": "words", "itos": meta["itos"][::-1]}, meta, "toyworld")
+    check_vocab(teacher, {"tokenizer": "words", "itos": meta["itos"]}, meta, "toyworld")
+
+
+def test_an_sae_of_another_width_or_layer_is_refused_by_the_extractor(tmp_path):
+    teacher = tiny_teacher()
+    with pytest.raises(ValueError, match="48-wide activations but the teacher is 32 wide"):
+        ConceptExtractor(teacher, tiny_sae(n_inputs=48), 1)
+    with pytest.raises(ValueError, match="out of range"):
+        ConceptExtractor(teacher, tiny_sae(), -1)
+    with pytest.raises(ValueError, match="unknown concept method"):
+        ConceptExtractor(teacher, tiny_sae(), 1, method="gradient")
+    with pytest.raises(ValueError, match="not found"):
+        load_sae(str(tmp_path / "missing.pt"))
+
+
+def test_openai_file_becomes_a_gpt2_sae_checkpoint_named_by_its_layer(teacher_and_data, tmp_path):
+    teacher_path, root = teacher_and_data
+    d = os.path.join(root, "toygpt2")  # the same tokens, presented as GPT-2 BPE for the stand-in GPT-2 below
+    os.mkdir(d)
+    for f in ("train.bin", "val.bin"):
+        os.link(os.path.join(root, "toyworld", f), os.path.join(d, f))
+    meta = json.loads(open(os.path.join(root, "toyworld", "meta.json")).read())
+    meta = {key: v for key, v in meta.items() if key not in ("itos", "concept_factors")}
+    open(os.path.join(d, "meta.json"), "w").write(json.dumps(dict(meta, tokenizer="gpt2")))
+    sd = {"pre_bias": torch.randn(32), "latent_bias": torch.randn(48), "encoder.weight": torch.randn(48, 32),
+          "decoder.weight": torch.randn(32, 48), "activation": "TopK", "activation_state_dict": {"k": 4, "postact_fn": "ReLU"}}
+    torch.save(sd, tmp_path / "1.pt")
+    out = tmp_path / "sae_gpt2"
+    stand_in = (f"import sys, torch, sae; from model import GPT, GPTConfig; ck = torch.load({teacher_path!r}, "
+                "weights_only=False); m = GPT(GPTConfig(**ck['model_args'])); m.load_state_dict(ck['model']); "
+                "GPT.from_pretrained = classmethod(lambda cls, name: m); sys.argv = sys.argv[:1] + "
+                f"['--init_from=openai:{tmp_path / '1.pt'}', '--data_root={root}', '--dataset=toygpt2', "
+                f"'--out_dir={out}', '--eval_tokens=512']; sae.main()")
+    p = run_script("-c", stand_in)
+    assert "of the loss recovered" in p.stdout and "step " not in p.stdout  # evaluated, not trained
+    ckpt = torch.load(out / "sae.pt", weights_only=False)
+    assert (ckpt["teacher"], ckpt["layer"], ckpt["k"], ckpt["n_latents"]) == ("gpt2", 1, 4, 48)
+    for key in ("pre_bias", "latent_bias", "encoder.weight", "decoder.weight"):
+        assert torch.equal(ckpt["sae"][key], sd[key])
+    assert 0 <= ckpt["metrics"]["fvu"] and ckpt["tokenizer"]["tokenizer"] == "gpt2"

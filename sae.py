@@ -378,8 +378,9 @@ def train(sae, batches, state, save):
         since_fired[idx[vals > 0]] = 0
         state["step"], state["tokens"] = state["step"] + 1, state["tokens"] + len(h)
         if state["step"] % log_interval == 0:
-            print(f"step {state['step']}: {state['tokens']:,} tokens, fvu {fvu(h, x_hat * std + mu).item():.3f}, "
-                  f"aux {aux.item():.3f}, L0 {(vals > 0).sum(-1).float().mean().item():.1f}, "
+            fvu_h = fvu(h, x_hat.detach() * std + mu).item()
+            print(f"step {state['step']}: {state['tokens']:,} tokens, fvu {fvu_h:.3f}, aux {aux.item():.3f}, "
+                  f"L0 {(vals > 0).sum(-1).float().mean().item():.1f}, "
                   f"dead {100 * dead.float().mean().item():.1f}%, "
                   f"{(state['tokens'] - tokens0) / (time.time() - t0):,.0f} tokens/s")
             t0, tokens0 = time.time(), state["tokens"]
@@ -541,7 +542,7 @@ def main():
         print(f"FVU {metrics['fvu']:.4f}, L0 {metrics['l0']:.1f}, dead {100 * metrics['dead_frac']:.1f}% "
               f"(no activation on {metrics['eval_tokens']:,} val positions), trained {train_seconds:.0f}s")
         print(f"teacher val loss: clean {metrics['loss_clean']:.4f}, SAE spliced in {metrics['loss_spliced']:.4f}, "
-              f"zero-ablated {metrics['loss_zero']:.4f}: {100 * metrics['loss_recovered']:.1f}% of the loss recovered")
+              f"zero-ablated {metrics['loss_zero']:.4f}: {100 * metrics['loss_recovered']:.2f}% of the loss recovered")
         if "concept_factors" in meta:
             concepts, drivers = load_concept_labels(data_dir, "val")
             rec = concept_recovery(latents, sae.n_latents, concepts[where], drivers[where + 1],

@@ -9,6 +9,6 @@ n_head = 4
 n_embd = 128
 block_size = 64
 batch_size = 32
-learning_rate = 2e-3
+learning_rate = 3e-3
 max_iters = 1200
 eval_interval = 200

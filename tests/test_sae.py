@@ -69,7 +69,8 @@ def test_openai_state_dict_loads_and_computes_their_equations():
     torch.manual_seed(0)
     d, n, k = 16, 48, 4
     sd = {"pre_bias": torch.randn(d), "latent_bias": torch.randn(n), "encoder.weight": torch.randn(n, d),
-          "decoder.weight": torch.randn(d, n), "activation": "TopK", "activation_state_dict": {"k": k, "postact_fn": "ReLU"},
+          "decoder.weight": torch.randn(d, n), "activation": "TopK",
+          "activation_state_dict": {"k": k, "postact_fn": "ReLU"},
           "stats_last_nonzero": torch.zeros(n, dtype=torch.long), "latents_activation_frequency": torch.ones(n),
           "latents_mean_square": torch.zeros(n)}
     sae = sae_from_openai(dict(sd))
@@ -236,13 +237,14 @@ def teacher_and_data(tmp_path):
             "concept_factors": [{"name": "a", "values": ["x", "y"]}, {"name": "b", "values": ["x", "y", "z"]}]}
     (d / "meta.json").write_text(json.dumps(meta))
     teacher = train_briefly(tiny_teacher(), np.fromfile(d / "train.bin", dtype=np.uint16))
-    ckpt = {"model": teacher.state_dict(), "model_args": TEACHER, "config": {"dataset": "toyworld", "data_root": str(root)}}
+    ckpt = {"model": teacher.state_dict(), "model_args": TEACHER,
+            "config": {"dataset": "toyworld", "data_root": str(root)}}
     torch.save(ckpt, tmp_path / "ckpt.pt")
     return str(tmp_path / "ckpt.pt"), str(root)
 
 
-SMALL = ["--n_latents=32", "--k=4", "--batch_size=256", "--buffer_tokens=1024", "--eval_tokens=2048", "--log_interval=5",
-         "--dead_tokens=2000", "--k_aux=16", "--learning_rate=3e-3", "--device=cpu"]
+SMALL = ["--n_latents=32", "--k=4", "--batch_size=256", "--buffer_tokens=1024", "--eval_tokens=2048",
+         "--log_interval=5", "--dead_tokens=2000", "--k_aux=16", "--learning_rate=3e-3", "--device=cpu"]
 
 
 def test_trains_saves_a_usable_checkpoint_and_resumes(teacher_and_data, tmp_path):
@@ -272,7 +274,8 @@ def test_trains_saves_a_usable_checkpoint_and_resumes(teacher_and_data, tmp_path
 
 def test_bad_teacher_layer_or_vocabulary_stops_with_a_one_line_error(teacher_and_data, tmp_path):
     teacher_path, root = teacher_and_data
-    p = run_script("sae.py", f"--teacher={teacher_path}", f"--out_dir={tmp_path / 'x'}", "--layer=3", *SMALL, check=False)
+    bad = ["sae.py", f"--teacher={teacher_path}", f"--out_dir={tmp_path / 'x'}", *SMALL]
+    p = run_script(*bad, "--layer=3", check=False)
     assert p.returncode != 0 and p.stdout.strip().splitlines() == [
         "error: layer=3 is out of range: the teacher has blocks 0..2"]
     meta = json.loads(open(os.path.join(root, "toyworld", "meta.json")).read())
@@ -281,8 +284,9 @@ def test_bad_teacher_layer_or_vocabulary_stops_with_a_one_line_error(teacher_and
     for f in ("train.bin", "val.bin"):
         os.link(os.path.join(root, "toyworld", f), tmp_path / "data" / "big" / f)
     (tmp_path / "data" / "big" / "meta.json").write_text(json.dumps(big))
-    p = run_script("sae.py", f"--teacher={teacher_path}", f"--out_dir={tmp_path / 'x'}", "--dataset=big", *SMALL, check=False)
-    assert p.returncode != 0 and len(p.stdout.strip().splitlines()) == 1 and p.stdout.startswith("error: dataset big has 50 tokens but the teacher only 24")
+    p = run_script(*bad, "--dataset=big", check=False)
+    assert p.returncode != 0 and p.stdout.strip().splitlines() == [
+        "error: dataset big has 50 tokens but the teacher only 24: use a teacher trained on big"]
     assert not os.path.exists(tmp_path / "x")  # nothing written
     teacher = tiny_teacher()
     with pytest.raises(ValueError, match="toyworld is tokenized with 'words' but the teacher with 'gpt2'"):
@@ -314,7 +318,8 @@ def test_openai_file_becomes_a_gpt2_sae_checkpoint_named_by_its_layer(teacher_an
     meta = {key: v for key, v in meta.items() if key not in ("itos", "concept_factors")}
     open(os.path.join(d, "meta.json"), "w").write(json.dumps(dict(meta, tokenizer="gpt2")))
     sd = {"pre_bias": torch.randn(32), "latent_bias": torch.randn(48), "encoder.weight": torch.randn(48, 32),
-          "decoder.weight": torch.randn(32, 48), "activation": "TopK", "activation_state_dict": {"k": 4, "postact_fn": "ReLU"}}
+          "decoder.weight": torch.randn(32, 48), "activation": "TopK",
+          "activation_state_dict": {"k": 4, "postact_fn": "ReLU"}}
     torch.save(sd, tmp_path / "1.pt")
     out = tmp_path / "sae_gpt2"
     stand_in = (f"import sys, torch, sae; from model import GPT, GPTConfig; ck = torch.load({teacher_path!r}, "

@@ -70,7 +70,7 @@ def markdown_table(rows, baseline="ntp"):
              "|---|---|---|---|---|"]
     for r in rows:
         reach = "not reached" if r["tokens_to_baseline"] is None else \
-            f"{r['tokens_to_baseline'] / 1e6:.2f}M ({1 - r['tokens_to_baseline'] / r['tokens']:+.1%} fewer)"
+            f"{r['tokens_to_baseline'] / 1e6:.2f}M ({1 - r['tokens_to_baseline'] / r['tokens']:.1%} fewer)"
         lines.append(f"| {r['method']} | {r['seeds']} | {r['tokens'] / 1e6:.2f}M | "
                      f"{r['val_loss']:.4f} ± {r['val_loss_std']:.4f} | {reach} |")
     return "\n".join(lines)

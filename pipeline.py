@@ -6,7 +6,7 @@ The whole method on the embedded default, end to end, on a CPU in minutes:
     compare them (val loss against tokens, PNG + markdown table)
 
     python pipeline.py                      # one seed
-    python pipeline.py --seeds=1,2,3        # the README's numbers
+    python pipeline.py --n_seeds=3          # the README's numbers
 
 Each stage is one of the project's scripts, run as a user would run it. Finished stages are skipped and an
 interrupted training run resumes from its checkpoint, so re-running picks up where it stopped.
@@ -17,14 +17,17 @@ import subprocess
 import sys
 import time
 
+import torch
+
 from configurator import configure
 
 # -----------------------------------------------------------------------------
 dataset = "concepts"        # a prepared dataset; "concepts" is generated here if missing
 data_root = "data"
 out_root = "out"
-seeds = "1"                 # comma-separated student seeds
+n_seeds = 1                 # students are trained with seeds 1..n_seeds
 teacher_config = "config/concepts_teacher.py"
+sae_config = ""             # an optional config file of sae.py overrides (sae.py's defaults suit the teacher)
 ntp_config = "config/concepts_ntp.py"
 cocomix_config = "config/concepts_cocomix.py"
 max_iters = 1000            # student iterations (both methods)
@@ -43,10 +46,20 @@ def train(stage, args, out_dir):
     """A train.py stage: skipped if its checkpoint reached max_iters, resumed if it stopped before."""
     ckpt_path = os.path.join(out_dir, "ckpt.pt")
     if os.path.exists(ckpt_path):
-        import torch
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         if ckpt["iter_num"] >= ckpt["config"]["max_iters"]:
             print(f"== {stage}: {out_dir} finished, skipping")
+            return
+        args = [*args, "--init_from=resume"]
+    execute(stage, [*args, f"--out_dir={out_dir}"])
+
+
+def sae(stage, args, out_dir):
+    """An sae.py stage: skipped if finished (metrics are written last), resumed if it stopped before."""
+    path = os.path.join(out_dir, "sae.pt")
+    if os.path.exists(path):
+        if torch.load(path, map_location="cpu", weights_only=False)["metrics"] is not None:
+            print(f"== {stage}: {path} finished, skipping")
             return
         args = [*args, "--init_from=resume"]
     execute(stage, [*args, f"--out_dir={out_dir}"])
@@ -70,8 +83,8 @@ def main():
     elif not os.path.exists(f"{data_root}/{dataset}/meta.json"):
         raise SystemExit(f"error: {data_root}/{dataset} not found: run `python prepare.py --dataset {dataset}` first")
     train("teacher", ["train.py", teacher_config, *data], teacher_dir)
-    run("sae", ["sae.py", f"--teacher={teacher_dir}", f"--out_dir={sae_dir}"], f"{sae_dir}/sae.pt")
-    for seed in [int(s) for s in str(seeds).split(",")]:
+    sae("sae", ["sae.py", *([sae_config] if sae_config else []), f"--teacher={teacher_dir}"], sae_dir)
+    for seed in range(1, n_seeds + 1):
         student = [*data, f"--seed={seed}", f"--max_iters={max_iters}"]
         train(f"ntp seed {seed}", ["train.py", ntp_config, *student], f"{compare_dir}/ntp_s{seed}")
         train(f"cocomix seed {seed}", ["train.py", cocomix_config, *student, f"--sae_path={sae_dir}/sae.pt"],

@@ -144,7 +144,17 @@ model_args = dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=bloc
 extractor = None
 if mode == "cocomix":
     from sae import load_concept_extractor
-    extractor = load_concept_extractor(sae_path, device, k_attr=k_attr, method=concept_method)
+    try:
+        extractor = load_concept_extractor(sae_path, device, k_attr=k_attr, method=concept_method)
+        extractor.check_data(meta, dataset)  # the teacher must read the same tokens as the student
+    except ValueError as e:
+        raise SystemExit(f"error: {e}")
+    if block_size > extractor.teacher.config.block_size:
+        raise SystemExit(f"error: block_size={block_size} exceeds the teacher's {extractor.teacher.config.block_size}: "
+                         f"the teacher labels the student's exact windows, so use --block_size<="
+                         f"{extractor.teacher.config.block_size}")
+    if not 0 < insert_layer < n_layer:
+        raise SystemExit(f"error: insert_layer={insert_layer} must leave blocks on both sides: use 1..{n_layer - 1}")
     model_args.update(n_concepts=extractor.n_concepts, k_concepts=k_concepts, insert_layer=insert_layer,
                       mixing=mixing)
 elif mode != "ntp":

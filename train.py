@@ -319,7 +319,7 @@ while True:
         break
 
     # one optimisation step over gradient_accumulation_steps micro-batches
-    loss_sum = 0.0
+    loss_sum = torch.zeros((), device=device)  # summed on the device: .item() each micro-step would sync the GPU
     for micro in range(local_micro_steps):
         X, Y = get_batch("train", iter_num, micro * world_size + rank)
         labels = concept_labels(X)
@@ -327,7 +327,7 @@ while True:
         with (model.no_sync() if world_size > 1 and not sync else nullcontext()), autocast:
             loss = objective(model(X, Y, labels)[2]) / local_micro_steps
         scaler.scale(loss).backward()
-        loss_sum += loss.item()
+        loss_sum += loss.detach()
     if grad_clip:
         scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
@@ -338,7 +338,7 @@ while True:
     iters_in_interval += 1
 
     if iter_num % log_interval == 0:
-        loss_sum = all_reduce_sum(loss_sum) / world_size
+        loss_sum = all_reduce_sum(loss_sum.item()) / world_size
         if master:
             dt = (time.time() - t0) / log_interval
             print(f"iter {iter_num}: loss {loss_sum:.4f}, lr {lr:.2e}, {dt * 1000:.1f} ms/iter, "

@@ -4,7 +4,8 @@ Override a script's module-level config from the command line, nanoGPT-style:
     python train.py config/cpu_ntp.py --batch_size=32 --compile=False
 
 A bare argument is a Python file executed over the defaults; `--key=value` sets one value, parsed as a
-Python literal when it is one (else kept as a string). Unknown keys and wrong types stop with a one-line
+Python literal when it is one (else, or where the default is a string, kept as a string); `--key` alone sets
+a True/False key to True. Unknown keys and wrong types stop with a one-line
 message naming the key. Usage at the top of a script, after its defaults:
 
     config = configure(globals())
@@ -56,7 +57,8 @@ def configure(namespace, argv=None):
                     namespace[k] = _check(k, v, defaults)
         else:
             key, eq, text = arg[2:].partition("=")
-            if not eq:
+            if not eq and not isinstance(defaults.get(key), bool):
                 raise ConfigError(f"error: expected --{key}=VALUE, got '{arg}'")
-            namespace[key] = _check(key, _parse(text), defaults)
+            value = True if not eq else text if isinstance(defaults.get(key), str) else _parse(text)
+            namespace[key] = _check(key, value, defaults)
     return {k: namespace[k] for k in keys}

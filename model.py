@@ -85,6 +85,19 @@ def standardize(h, eps=1e-5):
     return (h - mu) / s, mu, s
 
 
+def steered_topk(z, k, steer=None, force=False):
+    """(z * steer, its TopK values, their indices). steer (..., C) scales each concept's logit, 1 leaving it
+    alone (Section 3.5 of the paper steers with scales in [-10, 10]); force=True keeps every steered concept
+    (steer != 1) among the K, whatever its scaled logit."""
+    if steer is None:
+        return z, *z.topk(k, dim=-1)
+    z = z * steer
+    if not force:
+        return z, *z.topk(k, dim=-1)
+    idx = z.masked_fill(steer != 1, float("inf")).topk(k, dim=-1).indices
+    return z, z.gather(-1, idx), idx
+
+
 class ConceptHead(nn.Module):
     """Predict concept logits z_t from h_t (Eq. 2) and compress TopK(z_t) into a continuous concept (Eq. 3).
 
@@ -99,12 +112,10 @@ class ConceptHead(nn.Module):
         self.predictor = nn.Linear(config.n_embd, config.n_concepts)      # M: R^d -> R^C
         self.compressor = nn.Linear(config.n_concepts, config.n_embd)     # W in R^{d x C}, b in R^d
 
-    def forward(self, h, steer=None):
+    def forward(self, h, steer=None, force=False):
         x, mu, s = standardize(h)
         z = self.predictor(x - self.pre_bias)                              # concept logits, Eq. 2
-        if steer is not None:                                              # steering: scale chosen logits
-            z = z * steer
-        top, idx = z.topk(self.k, dim=-1)                                  # TopK(z_t), raw signed logits
+        z, top, idx = steered_topk(z, self.k, steer, force)                # TopK(z_t), raw signed logits
         c = self.compress(top, idx) + self.compressor.bias                 # W TopK(z_t) + b, Eq. 3
         return z, (c + self.pre_bias) * s + mu
 
@@ -157,11 +168,12 @@ class GPT(nn.Module):
             n -= (c.n_concepts - c.k_concepts) * c.n_embd
         return n
 
-    def forward(self, idx, targets=None, concept_labels=None, steer=None):
+    def forward(self, idx, targets=None, concept_labels=None, steer=None, force=False):
         """Returns (logits, concept_logits, losses).
 
         concept_logits is None without a concept head; losses is None without targets, else a dict with
         "ntp" (next-token CE) and, given concept_labels (B, T, K_attr), "concept" (Eq. 2).
+        steer and force steer the predicted concepts (see steered_topk).
         """
         B, T = idx.size()
         assert T <= self.config.block_size, f"sequence of {T} tokens exceeds block_size {self.config.block_size}"
@@ -170,7 +182,7 @@ class GPT(nn.Module):
         concept_logits = None
         for i, block in enumerate(self.transformer.h):
             if self.config.n_concepts and i == self.config.insert_layer:
-                concept_logits, h = self.mix_concepts(h, steer)
+                concept_logits, h = self.mix_concepts(h, steer, force)
             h = block(h)
         if self.config.n_concepts and self.config.mixing == "interleave":
             h = h[:, 1::2]  # predict x_{t+1} from the concept slot c_t, which has seen h_<=t and c_<=t (Eq. 4)
@@ -182,9 +194,9 @@ class GPT(nn.Module):
             losses["concept"] = concept_loss(concept_logits, concept_labels)
         return logits, concept_logits, losses
 
-    def mix_concepts(self, h, steer=None):
+    def mix_concepts(self, h, steer=None, force=False):
         """Predict concepts from h, compress them to c, and mix c into the sequence (Section 2.3)."""
-        concept_logits, c = self.concept_head(h, steer)
+        concept_logits, c = self.concept_head(h, steer, force)
         if self.config.mixing == "interleave":
             h = torch.stack((h, c), dim=2).flatten(1, 2)  # (B, 2T, d): h1, c1, h2, c2, ...
         elif self.config.mixing == "add":
@@ -239,17 +251,22 @@ class GPT(nn.Module):
                 sd[k].copy_(src)
         return model
 
-    @torch.no_grad()
-    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, steer=None):
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, steer=None, force=False):
         """Sample max_new_tokens tokens after idx (B, T), feeding each prediction back in."""
-        for _ in range(max_new_tokens):
-            idx_cond = idx[:, -self.config.block_size:]
-            logits = self(idx_cond, steer=steer)[0][:, -1, :] / temperature
-            if top_k is not None:
-                v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
-                logits[logits < v[:, [-1]]] = -float("inf")
-            idx = torch.cat((idx, torch.multinomial(F.softmax(logits, dim=-1), num_samples=1)), dim=1)
-        return idx
+        logits_fn = lambda x: self(x, steer=steer, force=force)[0]  # noqa: E731
+        return generate(logits_fn, idx, max_new_tokens, self.config.block_size, temperature, top_k)
+
+
+@torch.no_grad()
+def generate(logits_fn, idx, max_new_tokens, block_size, temperature=1.0, top_k=None):
+    """Autoregressive sampling from any model that maps idx (B, T <= block_size) to logits (B, T, V)."""
+    for _ in range(max_new_tokens):
+        logits = logits_fn(idx[:, -block_size:])[:, -1, :] / temperature
+        if top_k is not None:
+            v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
+            logits[logits < v[:, [-1]]] = -float("inf")
+        idx = torch.cat((idx, torch.multinomial(F.softmax(logits, dim=-1), num_samples=1)), dim=1)
+    return idx
 
 
 def concept_loss(concept_logits, labels):

@@ -445,12 +445,13 @@ def dense_columns(vals, idx, lo, hi):
     return torch.zeros(len(vals), hi - lo).index_put_((inside.nonzero()[:, 0], idx[inside] - lo), vals[inside])
 
 
-def concept_recovery(latents, n_latents, concepts, next_drivers, factors, chunk=128):
-    """For each planted concept (factor=value), the single latent that best detects it, by AUROC against the
-    factor's other values:
+def concept_aurocs(latents, n_latents, concepts, next_drivers, factors, chunk=128):
+    """AUROC of every latent at telling each planted concept (factor=value) from the factor's other values,
+    as two (n_concepts, n_latents) matrices:
     "auroc" over all positions: does the position's document have this value?
     "driver_auroc" over the positions whose next word the factor chooses: h_t is what predicts x_t+1, so this
-    asks for the value where the teacher needs it, and a latent for the current word cannot pass for it."""
+    asks for the value where the teacher needs it, and a latent for the current word cannot pass for it.
+    nan where the value never occurs."""
     vals, idx = latents
     values, drivers = torch.from_numpy(concepts.astype(np.int64)), torch.from_numpy(next_drivers.astype(np.int64))
     onehots = [F.one_hot(values[:, f], len(factor["values"])) for f, factor in enumerate(factors)]
@@ -459,8 +460,13 @@ def concept_recovery(latents, n_latents, concepts, next_drivers, factors, chunk=
         scores = dense_columns(vals, idx, j, min(j + chunk, n_latents))
         doc.append(auroc(scores, torch.cat(onehots, 1)))
         drv.append(torch.cat([auroc(scores[drivers == f], y[drivers == f]) for f, y in enumerate(onehots)]))
+    return {"auroc": torch.cat(doc, 1), "driver_auroc": torch.cat(drv, 1)}
+
+
+def concept_recovery(aurocs, factors):
+    """For each planted concept, the single latent that best detects it, by both AUROCs of concept_aurocs."""
     out = {"concepts": [{"name": f"{factor['name']}={v}"} for factor in factors for v in factor["values"]]}
-    for key, a in (("auroc", torch.cat(doc, 1)), ("driver_auroc", torch.cat(drv, 1))):
+    for key, a in aurocs.items():
         best, latent = a.nan_to_num(-1.0).max(1)  # nan: the value never occurs there
         for c, b, j in zip(out["concepts"], best.tolist(), latent.tolist()):
             c[key], c[key.replace("auroc", "latent")] = (b, j) if b >= 0 else (None, None)
@@ -545,8 +551,9 @@ def main():
               f"zero-ablated {metrics['loss_zero']:.4f}: {100 * metrics['loss_recovered']:.2f}% of the loss recovered")
         if "concept_factors" in meta:
             concepts, drivers = load_concept_labels(data_dir, "val")
-            rec = concept_recovery(latents, sae.n_latents, concepts[where], drivers[where + 1],
-                                   meta["concept_factors"])
+            aurocs = concept_aurocs(latents, sae.n_latents, concepts[where], drivers[where + 1],
+                                    meta["concept_factors"])
+            rec = concept_recovery(aurocs, meta["concept_factors"])
             metrics["concept_recovery"] = rec
             print(f"concept recovery, AUROC of the best single latent for each of {len(rec['concepts'])} planted "
                   f"concepts: mean {rec['auroc_mean']:.3f}, min {rec['auroc_min']:.3f} over all positions; "

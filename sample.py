@@ -1,8 +1,11 @@
 """
-Sample from a trained model (a train.py checkpoint) or from GPT-2.
+Sample from a trained model (a train.py checkpoint) or from GPT-2; read and steer a CoCoMix model's concepts.
 
     python sample.py --out_dir=out/ntp --start="the ship" --num_samples=3
     python sample.py --init_from=gpt2 --start=FILE:prompt.txt     # needs transformers and the network
+CoCoMix (concept descriptions come from `python concepts.py`):
+    python sample.py --out_dir=out/compare/cocomix_s1 --show_concepts       # the concepts predicted at each token
+    python sample.py --out_dir=out/compare/cocomix_s1 --steer=521:10 --force --compare_teacher
 """
 import os
 from contextlib import nullcontext
@@ -10,8 +13,11 @@ from contextlib import nullcontext
 import torch
 
 from configurator import configure
-from model import GPT, GPTConfig
+from concepts import load_descriptions
+from model import GPT, GPTConfig, generate
 from prepare import get_tokenizer, load_meta
+from sae import load_sae, load_teacher
+from steer import parse_steer, steer_vector, teacher_sae_logits
 
 # -----------------------------------------------------------------------------
 init_from = "resume"        # "resume" (the checkpoint in out_dir) or a GPT-2 name like "gpt2"
@@ -22,6 +28,12 @@ max_new_tokens = 100
 temperature = 0.8
 top_k = 200
 seed = 1337
+# CoCoMix only
+show_concepts = False       # print each sampled token with the concepts the model predicts there
+steer = ""                  # "ID:SCALE[,ID:SCALE]": scale these concepts' logits before the TopK (paper: [-10, 10])
+force = False               # keep the steered concepts among the TopK whatever their scaled logits
+compare_teacher = False     # also sample the teacher, steered through the same SAE latents (the paper's Fig. 5)
+concepts_path = ""          # "": concepts.json next to the model's SAE
 device = "auto"
 dtype = "auto"
 # -----------------------------------------------------------------------------
@@ -35,8 +47,18 @@ def load_model(out_dir, device):
     checkpoint = torch.load(ckpt_path, map_location=device, weights_only=False)
     model = GPT(GPTConfig(**checkpoint["model_args"]))
     model.load_state_dict(checkpoint["model"])
-    cfg = checkpoint["config"]
+    model.train_config = cfg = checkpoint["config"]
     return model, load_meta(os.path.join(cfg["data_root"], cfg["dataset"]))
+
+
+def concept_lines(model, y, decode, descriptions, steer=None, force=False, n=3):
+    """One line per token of y (T,): the token, then the n concepts with the largest (steered) predicted logits
+    there, which shape the prediction of the next token."""
+    z = model(y[None, -model.config.block_size:], steer=steer, force=force)[1][0]
+    top, ids = z.topk(n, dim=-1)
+    show = lambda j, v: f"{j} {descriptions[j]} ({v:.1f})" if j in descriptions else f"{j} ({v:.1f})"  # noqa: E731
+    return [f"  {decode([t]).strip()!r:>14} -> " + ", ".join(show(j, v) for j, v in zip(js, vs))
+            for t, js, vs in zip(y[-z.size(0):].tolist(), ids.tolist(), top.tolist())]
 
 
 def main():
@@ -64,12 +86,36 @@ def main():
     if len(ids) > model.config.block_size:
         print(f"note: prompt of {len(ids)} tokens is cropped to the model's last {model.config.block_size}")
     x = torch.tensor(ids, dtype=torch.long, device=dev)[None, -model.config.block_size:]
+    models = {"model": lambda steer_vec: (lambda idx: model(idx, steer=steer_vec, force=force)[0])}
+    steer_vec, descriptions = None, {}
+    if show_concepts or steer or compare_teacher:
+        if not model.config.n_concepts:
+            raise SystemExit("error: --show_concepts, --steer and --compare_teacher need a CoCoMix model "
+                             "(train.py --mode=cocomix); this one predicts no concepts")
+        sae_path = model.train_config["sae_path"]
+        try:
+            steer_vec = steer_vector(parse_steer(steer, model.config.n_concepts), model.config.n_concepts, dev)
+            if show_concepts:
+                descriptions = load_descriptions(concepts_path or os.path.join(os.path.dirname(sae_path),
+                                                                               "concepts.json"))
+            if compare_teacher:
+                sae, ckpt = load_sae(sae_path, dev)
+                teacher = load_teacher(ckpt["teacher"], dev)
+                models["teacher + SAE"] = lambda s: teacher_sae_logits(teacher, sae, ckpt["layer"], s, force)
+        except ValueError as e:
+            raise SystemExit(f"error: {e}")
     ctx = nullcontext() if ptdtype == torch.float32 else torch.autocast(dev_type, dtype=ptdtype)
     with ctx:
-        for _ in range(num_samples):
-            y = model.generate(x, max_new_tokens, temperature=temperature, top_k=top_k)
-            print(decode(y[0].tolist()))
-            print("---------------")
+        for name, logits_fn in models.items():
+            if len(models) > 1:
+                print(f"=== {name}" + (f", steered {steer}" if steer else ""))
+            torch.manual_seed(seed)
+            for _ in range(num_samples):
+                y = generate(logits_fn(steer_vec), x, max_new_tokens, model.config.block_size, temperature, top_k)
+                print(decode(y[0].tolist()))
+                if show_concepts and name == "model":
+                    print("\n".join(concept_lines(model, y[0], decode, descriptions, steer_vec, force)))
+                print("---------------")
 
 
 if __name__ == "__main__":

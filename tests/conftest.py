@@ -34,3 +34,31 @@ def tiny_dataset(tmp_path):
     (d / "meta.json").write_text(json.dumps({"dataset": "toy", "tokenizer": "chars", "vocab_size": 16,
                                              "itos": list("abcdefghijklmnop"), "eot_token": None}))
     return str(tmp_path / "data"), "toy"
+
+
+# Tiny presets for the whole pipeline on a small concept world: seconds per stage on a CPU.
+TINY_TEACHER = ("n_layer, n_head, n_embd, block_size, batch_size = 2, 2, 32, 16, 8\n"
+                "max_iters, eval_interval, eval_iters = 40, 20, 2\n")
+TINY_SAE = ("n_latents, k, max_tokens, batch_size, buffer_tokens, eval_tokens = 64, 4, 16384, 512, 2048, 2048\n"
+            "log_interval = 10\n")
+TINY_STUDENT = 'n_layer, n_head, block_size, batch_size, eval_interval, eval_iters = 2, 2, 16, 8, 10, 2\n'
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """The embedded default's whole job at toy size, built once: pipeline.py (teacher, SAE, an NTP and a
+    CoCoMix student, the comparison), concepts.py and steer.py. Returns (root, the pipeline's first output)."""
+    root = tmp_path_factory.mktemp("run")
+    data_root, out_root = root / "data", root / "out"
+    run_script("prepare.py", "--n_docs", "120", "--out_dir", str(data_root))
+    configs = {"teacher": TINY_TEACHER, "sae": TINY_SAE, "ntp": TINY_STUDENT + "n_embd = 36\n",
+               "cocomix": TINY_STUDENT + 'n_embd, insert_layer, k_concepts, mode = 32, 1, 8, "cocomix"\n'}
+    for name, text in configs.items():
+        (root / f"{name}.py").write_text(text)
+    args = ["pipeline.py", f"--data_root={data_root}", f"--out_root={out_root}", "--max_iters=20",
+            *(f"--{name}_config={root / name}.py" for name in configs)]
+    first = run_script(*args).stdout
+    run_script("concepts.py", f"--sae_path={out_root / 'sae' / 'sae.pt'}", "--eval_tokens=2048", "--device=cpu")
+    run_script("steer.py", f"--out_dir={out_root / 'compare' / 'cocomix_s1'}", "--n_samples=2",
+               "--max_new_tokens=8", "--scales=-10,10", "--device=cpu")
+    return root, args, first

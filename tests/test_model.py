@@ -3,7 +3,7 @@ import runpy
 import pytest
 import torch
 
-from model import GPT, GPTConfig
+from model import GPT, GPTConfig, steered_topk
 
 TINY = dict(block_size=32, vocab_size=96, n_layer=3, n_head=2, n_embd=32)
 
@@ -176,6 +176,23 @@ def test_steering_scales_the_chosen_concept_logit_before_topk():
     z, z_steered = model(x)[1], model(x, steer=steer)[1]
     torch.testing.assert_close(z_steered[..., 5], 10 * z[..., 5])
     torch.testing.assert_close(z_steered[..., :5], z[..., :5])
+
+
+def test_forcing_keeps_a_steered_concept_in_the_topk_with_its_scaled_logit():
+    torch.manual_seed(0)
+    z = torch.randn(3, 5, 64)
+    low = z.argmin(-1)[0, 0].item()  # the smallest logit at one position: never in an unforced TopK
+    steer = torch.ones(64)
+    steer[low] = 2.0
+    _, top, idx = steered_topk(z, 8, steer)
+    assert not (idx[0, 0] == low).any()
+    zs, top, idx = steered_topk(z, 8, steer, force=True)
+    assert (idx == low).any(-1).all()  # at every position
+    torch.testing.assert_close(top[idx == low], 2.0 * z[..., low].flatten())
+    others = idx != low  # the rest are the 7 largest of the other logits
+    torch.testing.assert_close(top[others].view(3, 5, 7), z.masked_fill(steer != 1, -1e9).topk(7, -1).values)
+    _, top1, idx1 = steered_topk(z, 8, torch.ones(64), force=True)  # all-ones steering changes nothing
+    torch.testing.assert_close((top1, idx1), tuple(z.topk(8, -1)))
 
 
 @pytest.mark.parametrize("cocomix_preset, ntp_preset, cocomix_m, ntp_m", [

@@ -7,10 +7,6 @@ import torch
 from compare import markdown_table, summarize, tokens_to_reach
 from conftest import run_script
 
-TEACHER = 'n_layer, n_head, n_embd, block_size, batch_size = 2, 2, 32, 16, 8\nmax_iters, eval_interval, eval_iters = 40, 20, 2\n'
-SAE = "n_latents, k, max_tokens, batch_size, buffer_tokens, eval_tokens, log_interval = 64, 4, 16384, 512, 2048, 2048, 10\n"
-STUDENT = 'n_layer, n_head, block_size, batch_size, eval_interval, eval_iters = 2, 2, 16, 8, 10, 2\n'
-
 
 def test_tokens_to_reach_interpolates_between_evaluations():
     tokens, losses = np.array([0, 100, 200, 300.0]), np.array([5.0, 3.0, 2.0, 1.5])
@@ -29,16 +25,9 @@ def test_summary_reports_mean_std_and_the_tokens_cocomix_needs_to_match_ntp():
     assert "| cocomix | 1 | 0.20M | 1.8000 ± 0.0000 | 0.10M (50.0% fewer) |" in markdown_table(summarize(groups))
 
 
-def test_pipeline_runs_every_stage_compares_and_skips_finished_stages_when_rerun(tmp_path):
-    data_root, out_root = tmp_path / "data", tmp_path / "out"
-    run_script("prepare.py", "--n_docs", "120", "--out_dir", str(data_root))
-    configs = {"teacher": TEACHER, "sae": SAE, "ntp": STUDENT + "n_embd = 36\n",
-               "cocomix": STUDENT + 'n_embd, insert_layer, k_concepts, mode = 32, 1, 8, "cocomix"\n'}
-    for name, text in configs.items():
-        (tmp_path / f"{name}.py").write_text(text)
-    args = ["pipeline.py", f"--data_root={data_root}", f"--out_root={out_root}", "--max_iters=20",
-            *(f"--{name}_config={tmp_path / name}.py" for name in configs)]
-    first = run_script(*args).stdout
+def test_pipeline_runs_every_stage_compares_and_skips_finished_stages_when_rerun(tiny_run):
+    root, args, first = tiny_run
+    out_root = root / "out"
     table = (out_root / "compare" / "compare.md").read_text()
     assert "| ntp | 1 |" in table and "| cocomix | 1 |" in table
     assert (out_root / "compare" / "compare.png").read_bytes()[:4] == b"\x89PNG"

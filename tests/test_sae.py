@@ -8,8 +8,9 @@ import torch.nn.functional as F
 
 from conftest import run_script
 from model import GPT, GPTConfig
-from sae import (SAE, ConceptExtractor, auroc, auxk_loss, check_vocab, concept_recovery, densify, fvu, layer_norm,
-                 load_concept_extractor, load_sae, sae_from_openai, teacher_hidden, teacher_logits, topk_relu)
+from sae import (SAE, ConceptExtractor, auroc, auxk_loss, check_vocab, concept_aurocs, concept_recovery, densify,
+                 fvu, layer_norm, load_concept_extractor, load_sae, sae_from_openai, teacher_hidden, teacher_logits,
+                 topk_relu)
 
 TEACHER = dict(block_size=16, vocab_size=24, n_layer=3, n_head=2, n_embd=32)
 
@@ -186,7 +187,7 @@ def test_concept_recovery_finds_the_latent_planted_for_a_concept():
     idx[concepts[:, 1] == 2, 1] = 18  # latent 18 fires exactly on the documents with b=z
     vals[concepts[:, 1] == 2, 1] = 1.0
     factors = [{"name": "a", "values": ["x", "y"]}, {"name": "b", "values": ["x", "y", "z"]}]
-    rec = concept_recovery((vals, idx), n_latents, concepts, drivers, factors, chunk=8)
+    rec = concept_recovery(concept_aurocs((vals, idx), n_latents, concepts, drivers, factors, chunk=8), factors)
     bz = rec["concepts"][4]
     assert (bz["name"], bz["latent"], bz["auroc"], bz["driver_latent"], bz["driver_auroc"]) == ("b=z", 18, 1.0, 18, 1.0)
     assert len(rec["concepts"]) == 5 and rec["auroc_min"] <= rec["auroc_mean"] <= 1.0

@@ -4,6 +4,7 @@ import os
 import pytest
 import torch
 
+from configurator import configure
 from conftest import run_script
 
 TINY = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=16", "--batch_size=4", "--eval_iters=4",
@@ -79,3 +80,11 @@ def test_block_size_beyond_the_models_is_refused_on_resume(tiny_dataset, tmp_pat
     train(tiny_dataset, tmp_path / "out", "--max_iters=2", "--eval_interval=2")
     p = train(tiny_dataset, tmp_path / "out", "--max_iters=4", "--init_from=resume", "--block_size=32", check=False)
     assert p.returncode != 0 and "block_size=32 exceeds the model's 16" in p.stdout.splitlines()[-1]
+
+
+def test_configurator_bare_flags_set_booleans_and_string_keys_keep_their_text():
+    ns = {"force": False, "steer": "", "scales": "2,5", "lr": 1e-3, "n": 4}
+    configure(ns, ["--force", "--steer=5:10,7:-2", "--scales=-10,2", "--lr=1", "--n=8"])
+    assert ns == {"force": True, "steer": "5:10,7:-2", "scales": "-10,2", "lr": 1.0, "n": 8}
+    with pytest.raises(SystemExit, match="expected --n=VALUE"):
+        configure(ns, ["--n"])

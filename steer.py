@@ -1,0 +1,185 @@
+"""
+Steering concepts, and a measure of it on the embedded default (the paper shows steering only by examples,
+Section 3.5 and its Fig. 5; here it gets a number).
+
+CoCoMix is steered by scaling a concept's predicted logit z_t before the TopK that feeds the compressor. The
+teacher is steered the same way through its SAE: the latent's pre-activation is scaled before the SAE's TopK,
+and the change in the reconstruction is added to the teacher's hidden state (its reconstruction error is kept).
+With force=True a steered concept is always among the K, whatever its scaled value.
+
+The metric: for each planted concept, steer the latent that detects it best (concepts.json) and sample new
+stories. A story expresses the concept when, of the words its factor chose, most belong to the concept (most
+of the topic words are sea words, say). Success rate = the fraction of stories that do; unsteered stories
+give the base rate.
+
+    python steer.py                                   # out/compare/cocomix_s1 and its teacher + SAE
+    python steer.py --out_dir=out/compare/cocomix_s2 --scales=-10,2,5,10 --force=False
+"""
+import json
+import os
+import re
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from configurator import configure
+from model import generate, steered_topk
+from sae import load_sae, load_teacher, teacher_hidden, teacher_logits
+
+# -----------------------------------------------------------------------------
+out_dir = "out/compare/cocomix_s1"   # a CoCoMix student (train.py --mode=cocomix) on a concept world
+concepts_path = ""          # "": concepts.json next to the student's SAE (python concepts.py)
+scales = "-10,2,5,10"       # steering scales besides 1 (unsteered), in the paper's range [-10, 10]
+force = True                # keep the steered concept among the TopK
+n_samples = 16              # stories per concept, scale and model
+max_new_tokens = 48
+temperature = 1.0
+seed = 1337
+device = "auto"
+# -----------------------------------------------------------------------------
+
+
+def parse_steer(spec, n_concepts):
+    """{concept id: scale} from "ID:SCALE[,ID:SCALE...]"; a ValueError that says what is wrong otherwise."""
+    out = {}
+    for item in filter(None, (s.strip() for s in spec.split(","))):
+        m = re.fullmatch(r"(\d+):([-+]?(?:\d+\.?\d*|\.\d+)(?:e[-+]?\d+)?)", item)
+        if not m:
+            raise ValueError(f"bad steering spec {item!r}: write ID:SCALE, e.g. --steer=521:10 or --steer=521:10,38:-5")
+        concept, scale = int(m.group(1)), float(m.group(2))
+        if concept >= n_concepts:
+            raise ValueError(f"concept {concept} does not exist: the model has concepts 0..{n_concepts - 1}")
+        out[concept] = scale
+    return out
+
+
+def steer_vector(scale_of, n_concepts, device="cpu"):
+    """(C,) multipliers: scale_of[j] for the steered concepts, 1 elsewhere."""
+    steer = torch.ones(n_concepts, device=device)
+    for j, s in scale_of.items():
+        steer[j] = s
+    return steer
+
+
+def steered_sae_hidden(sae, h, steer=None, force=False):
+    """h with the SAE's latents steered: h + decode(steered latents) - decode(latents), in h's space."""
+    if steer is None:
+        return h
+    x, mu, std = sae.preprocess(h.float())
+    pre = sae.encode_pre_act(x)
+    vals, idx = pre.topk(sae.k, dim=-1)
+    _, s_vals, s_idx = steered_topk(pre, sae.k, steer, force)
+    delta = sae.decode(F.relu(s_vals), s_idx) - sae.decode(F.relu(vals), idx)
+    return h + (delta * std).to(h.dtype)
+
+
+def teacher_sae_logits(teacher, sae, layer, steer=None, force=False):
+    """A logits function (for model.generate) of the teacher steered through its SAE at `layer`."""
+    return lambda idx: teacher_logits(teacher, steered_sae_hidden(sae, teacher_hidden(teacher, idx, layer),
+                                                                  steer, force), layer)
+
+
+def load_student(out_dir, device):
+    """(CoCoMix student, its dataset meta, its SAE checkpoint path)."""
+    from sample import load_model
+    model, meta = load_model(out_dir, device)
+    if not model.config.n_concepts:
+        raise ValueError(f"{out_dir} is not a CoCoMix model (it predicts no concepts): steer a --mode=cocomix run")
+    return model, meta, model.train_config["sae_path"]
+
+
+def load_concepts(path):
+    if not os.path.exists(path):
+        raise ValueError(f"{path} not found: describe the SAE's concepts first with `python concepts.py "
+                         f"--sae_path={os.path.join(os.path.dirname(path), 'sae.pt')}`")
+    return json.load(open(path))
+
+
+def expresses(stories, concept_ids, factor_ids):
+    """(n_stories,) bool: of the generated words belonging to a factor, most belong to the concept."""
+    in_concept = torch.isin(stories, concept_ids).sum(-1)
+    in_factor = torch.isin(stories, factor_ids).sum(-1)
+    return in_concept * 2 > in_factor
+
+
+def steering_success(logits_fns, planted, meta, scales, n_samples, max_new_tokens, block_size, n_concepts,
+                     temperature, force, seed, device):
+    """{model name: {scale: [success rate per planted concept]}}; scale 1 is the unsteered base rate. All
+    concepts are steered at once: one batch row per (concept, sample), each with its own steering vector."""
+    stoi = {w: i for i, w in enumerate(meta["itos"])}
+    ids = lambda words: torch.tensor([stoi[w] for w in words], device=device)  # noqa: E731
+    factor_words = {c["factor"]: [] for c in meta["concepts"]}
+    for c in meta["concepts"]:
+        factor_words[c["factor"]] += c["words"]
+    words_of, factor_of = ({c["name"]: c[key] for c in meta["concepts"]} for key in ("words", "factor"))
+    rows = torch.arange(len(planted), device=device).repeat_interleave(n_samples)
+    results = {}
+    for name, make_logits_fn in logits_fns.items():
+        results[name] = {}
+        for scale in [1.0, *scales]:
+            steer = torch.ones(len(planted), n_concepts, device=device)
+            steer[torch.arange(len(planted)), [c["latent"] for c in planted]] = scale
+            torch.manual_seed(seed)  # every model and scale samples with the same noise
+            start = torch.full((len(rows), 1), meta["eot_token"], device=device)
+            stories = generate(make_logits_fn(steer[rows][:, None], force), start, max_new_tokens, block_size,
+                               temperature)[:, 1:]
+            results[name][scale] = [expresses(stories[rows == i], ids(words_of[c["name"]]),
+                                              ids(factor_words[factor_of[c["name"]]])).float().mean().item()
+                                    for i, c in enumerate(planted)]
+    return results
+
+
+def plot(results, planted, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, by_scale in results.items():
+        s = sorted(by_scale)
+        ax.plot(s, [np.mean(by_scale[x]) for x in s], marker="o", label=name)
+    ax.axvline(1.0, color="grey", lw=0.8, ls=":")
+    ax.set_xlabel("steering scale (1 = unsteered)")
+    ax.set_ylabel(f"stories expressing the steered concept\n(mean over {len(planted)} planted concepts)")
+    ax.set_ylim(0, 1)
+    ax.legend()
+    ax.set_title("Steering one concept's latent")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main():
+    dev = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    student, meta, sae_path = load_student(out_dir, dev)
+    if "concepts" not in meta:
+        raise ValueError(f"{out_dir} was not trained on a concept world: the steering metric needs planted concepts")
+    concepts = load_concepts(concepts_path or os.path.join(os.path.dirname(sae_path), "concepts.json"))
+    sae, ckpt = load_sae(sae_path, dev)
+    teacher, layer = load_teacher(ckpt["teacher"], dev), ckpt["layer"]
+    planted, scale_list = concepts["planted"], [float(s) for s in scales.split(",") if s]
+    logits_fns = {"CoCoMix": lambda steer, f: (lambda idx: student(idx, steer=steer, force=f)[0]),
+                  "teacher + SAE": lambda steer, f: teacher_sae_logits(teacher, sae, layer, steer, f)}
+    block_size = min(student.config.block_size, teacher.config.block_size)
+    results = steering_success(logits_fns, planted, meta, scale_list, n_samples, max_new_tokens, block_size,
+                               sae.n_latents, temperature, force, seed, dev)
+    print(f"stories expressing the steered concept, mean over {len(planted)} planted concepts "
+          f"({n_samples} stories each, force={force}):")
+    print("scale          " + "".join(f"{name:>16}" for name in results))
+    for scale in sorted(results["CoCoMix"]):
+        print(f"{scale:<15g}" + "".join(f"{np.mean(r[scale]):>16.3f}" for r in results.values()))
+    out = {"out_dir": out_dir, "force": force, "n_samples": n_samples, "max_new_tokens": max_new_tokens,
+           "temperature": temperature, "planted": planted,
+           "results": {name: {str(k): v for k, v in r.items()} for name, r in results.items()}}
+    with open(os.path.join(out_dir, "steering.json"), "w") as f:
+        json.dump(out, f, indent=1)
+    plot(results, planted, os.path.join(out_dir, "steering.png"))
+    print(f"wrote {out_dir}/steering.json and steering.png")
+
+
+if __name__ == "__main__":
+    configure(globals())
+    try:
+        main()
+    except ValueError as e:
+        raise SystemExit(f"error: {e}")

@@ -76,21 +76,47 @@ def markdown_table(rows, baseline="ntp"):
     return "\n".join(lines)
 
 
+def plot_curves(groups, ax, key="val_loss"):
+    """One curve per method of a metric against tokens: the mean over seeds with a band of +-1 std."""
+    for method, runs in groups.items():
+        if key not in runs[0][-1]:
+            continue
+        tokens, mean, std = curve(runs, key)
+        keep = tokens > 0  # the untrained model's loss at 0 tokens squashes the interesting part
+        ax.plot(tokens[keep] / 1e6, mean[keep], label=f"{method} ({len(runs)} seed{'s' * (len(runs) > 1)})")
+        ax.fill_between(tokens[keep] / 1e6, (mean - std)[keep], (mean + std)[keep], alpha=0.25)
+    ax.set_xlabel("tokens seen (millions)")
+    ax.set_ylabel(key.replace("_", " "))
+    ax.legend()
+    ax.grid(alpha=0.3)
+
+
+def plot_tokens_needed(groups, ax, baseline="ntp"):
+    """Sample efficiency: for each validation loss the baseline passes on its way down, the tokens each method
+    needs to reach it, relative to the baseline's (below 1: fewer tokens; a missing point: never reached)."""
+    base_tokens, base_loss, _ = curve(groups[baseline])
+    targets = np.linspace(base_loss[1], base_loss[-1], 40)  # from the first evaluation after 0 tokens
+    for method, runs in groups.items():
+        tokens, loss, _ = curve(runs)
+        ratio = [(tokens_to_reach(tokens, loss, t) or np.nan) / tokens_to_reach(base_tokens, base_loss, t)
+                 for t in targets]
+        ax.plot(targets, ratio, label=method)
+    ax.axhline(1.0, color="grey", lw=0.8, ls=":")
+    ax.invert_xaxis()  # training goes left to right
+    ax.set_xlabel(f"validation loss reached ({baseline}'s curve)")
+    ax.set_ylabel(f"tokens needed / {baseline}'s")
+    ax.legend()
+    ax.grid(alpha=0.3)
+
+
 def plot(groups, path, title=""):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(6, 4))
-    for method, runs in groups.items():
-        tokens, mean, std = curve(runs)
-        keep = tokens > 0  # the untrained model's loss at 0 tokens squashes the interesting part
-        ax.plot(tokens[keep] / 1e6, mean[keep], label=f"{method} ({len(runs)} seed{'s' * (len(runs) > 1)})")
-        ax.fill_between(tokens[keep] / 1e6, (mean - std)[keep], (mean + std)[keep], alpha=0.25)
-    ax.set_xlabel("tokens seen (millions)")
+    plot_curves(groups, ax)
     ax.set_ylabel("validation loss (nats/token)")
     ax.set_title(title)
-    ax.legend()
-    ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path + ".tmp.png", dpi=120)
     os.replace(path + ".tmp.png", path)

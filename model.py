@@ -251,17 +251,18 @@ class GPT(nn.Module):
                 sd[k].copy_(src)
         return model
 
-    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, steer=None, force=False):
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, steer=None, force=False, vocab_size=None):
         """Sample max_new_tokens tokens after idx (B, T), feeding each prediction back in."""
         logits_fn = lambda x: self(x, steer=steer, force=force)[0]  # noqa: E731
-        return generate(logits_fn, idx, max_new_tokens, self.config.block_size, temperature, top_k)
+        return generate(logits_fn, idx, max_new_tokens, self.config.block_size, temperature, top_k, vocab_size)
 
 
 @torch.no_grad()
-def generate(logits_fn, idx, max_new_tokens, block_size, temperature=1.0, top_k=None):
-    """Autoregressive sampling from any model that maps idx (B, T <= block_size) to logits (B, T, V)."""
+def generate(logits_fn, idx, max_new_tokens, block_size, temperature=1.0, top_k=None, vocab_size=None):
+    """Autoregressive sampling from any model that maps idx (B, T <= block_size) to logits (B, T, V).
+    vocab_size: the tokenizer's, to never sample the ids that pad the model's vocabulary."""
     for _ in range(max_new_tokens):
-        logits = logits_fn(idx[:, -block_size:])[:, -1, :] / temperature
+        logits = logits_fn(idx[:, -block_size:])[:, -1, :vocab_size] / temperature
         if top_k is not None:
             v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
             logits[logits < v[:, [-1]]] = -float("inf")

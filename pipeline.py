@@ -3,7 +3,8 @@ The whole method on the embedded default, end to end, on a CPU in minutes:
 
     prepare the concept world -> train the teacher -> train the SAE on its activations ->
     train an NTP baseline and a CoCoMix student (equal tokens, matched activated parameters), per seed ->
-    compare them (val loss against tokens, PNG + markdown table)
+    compare them (val loss against tokens, PNG + markdown table) ->
+    describe the SAE's concepts (concepts.py) and measure steering on the first CoCoMix student (steer.py)
 
     python pipeline.py                      # one seed
     python pipeline.py --n_seeds=3          # the README's numbers
@@ -31,6 +32,7 @@ sae_config = ""             # an optional config file of sae.py overrides (sae.p
 ntp_config = "config/concepts_ntp.py"
 cocomix_config = "config/concepts_cocomix.py"
 max_iters = 1000            # student iterations (both methods)
+steer_samples = 8           # stories per planted concept and scale in the steering metric (steer.py)
 # -----------------------------------------------------------------------------
 
 
@@ -91,6 +93,10 @@ def main():
               f"{compare_dir}/cocomix_s{seed}")
     from compare import main as compare
     compare(compare_dir)
+    run("concepts", ["concepts.py", f"--sae_path={sae_dir}/sae.pt"], f"{sae_dir}/concepts.json")
+    if dataset == "concepts":  # the steering metric needs planted concepts
+        run("steering", ["steer.py", f"--out_dir={compare_dir}/cocomix_s1", f"--n_samples={steer_samples}"],
+            f"{compare_dir}/cocomix_s1/steering.json")
 
 
 if __name__ == "__main__":

@@ -111,7 +111,8 @@ def main():
                 print(f"=== {name}" + (f", steered {steer}" if steer else ""))
             torch.manual_seed(seed)
             for _ in range(num_samples):
-                y = generate(logits_fn(steer_vec), x, max_new_tokens, model.config.block_size, temperature, top_k)
+                y = generate(logits_fn(steer_vec), x, max_new_tokens, model.config.block_size, temperature, top_k,
+                             meta.get("vocab_size"))
                 print(decode(y[0].tolist()))
                 if show_concepts and name == "model":
                     print("\n".join(concept_lines(model, y[0], decode, descriptions, steer_vec, force)))

@@ -32,8 +32,8 @@ out_dir = "out/compare/cocomix_s1"   # a CoCoMix student (train.py --mode=cocomi
 concepts_path = ""          # "": concepts.json next to the student's SAE (python concepts.py)
 scales = "-10,2,5,10"       # steering scales besides 1 (unsteered), in the paper's range [-10, 10]
 force = True                # keep the steered concept among the TopK
-n_samples = 16              # stories per concept, scale and model
-max_new_tokens = 48
+n_samples = 8               # stories per concept, scale and model
+max_new_tokens = 32
 temperature = 1.0
 seed = 1337
 device = "auto"
@@ -123,18 +123,15 @@ def steering_success(logits_fns, planted, meta, scales, n_samples, max_new_token
             torch.manual_seed(seed)  # every model and scale samples with the same noise
             start = torch.full((len(rows), 1), meta["eot_token"], device=device)
             stories = generate(make_logits_fn(steer[rows][:, None], force), start, max_new_tokens, block_size,
-                               temperature)[:, 1:]
+                               temperature, vocab_size=len(meta["itos"]))[:, 1:]
             results[name][scale] = [expresses(stories[rows == i], ids(words_of[c["name"]]),
                                               ids(factor_words[factor_of[c["name"]]])).float().mean().item()
                                     for i, c in enumerate(planted)]
     return results
 
 
-def plot(results, planted, path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6, 4))
+def plot(results, planted, ax):
+    """Success rate (mean over the planted concepts) against the steering scale, one line per model."""
     for name, by_scale in results.items():
         s = sorted(by_scale)
         ax.plot(s, [np.mean(by_scale[x]) for x in s], marker="o", label=name)
@@ -143,10 +140,7 @@ def plot(results, planted, path):
     ax.set_ylabel(f"stories expressing the steered concept\n(mean over {len(planted)} planted concepts)")
     ax.set_ylim(0, 1)
     ax.legend()
-    ax.set_title("Steering one concept's latent")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    ax.grid(alpha=0.3)
 
 
 def main():
@@ -173,7 +167,13 @@ def main():
            "results": {name: {str(k): v for k, v in r.items()} for name, r in results.items()}}
     with open(os.path.join(out_dir, "steering.json"), "w") as f:
         json.dump(out, f, indent=1)
-    plot(results, planted, os.path.join(out_dir, "steering.png"))
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6, 4))
+    plot(results, planted, ax)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out_dir, "steering.png"), dpi=120)
     print(f"wrote {out_dir}/steering.json and steering.png")
 
 

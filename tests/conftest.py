@@ -46,8 +46,8 @@ TINY_STUDENT = 'n_layer, n_head, block_size, batch_size, eval_interval, eval_ite
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
-    """The embedded default's whole job at toy size, built once: pipeline.py (teacher, SAE, an NTP and a
-    CoCoMix student, the comparison), concepts.py and steer.py. Returns (root, the pipeline's first output)."""
+    """The embedded default's whole job at toy size, built once by pipeline.py: teacher, SAE, an NTP and a CoCoMix
+    student, their comparison, concepts.json and the steering metric. Returns (root, pipeline args, its output)."""
     root = tmp_path_factory.mktemp("run")
     data_root, out_root = root / "data", root / "out"
     run_script("prepare.py", "--n_docs", "120", "--out_dir", str(data_root))
@@ -56,9 +56,5 @@ def tiny_run(tmp_path_factory):
     for name, text in configs.items():
         (root / f"{name}.py").write_text(text)
     args = ["pipeline.py", f"--data_root={data_root}", f"--out_root={out_root}", "--max_iters=20",
-            *(f"--{name}_config={root / name}.py" for name in configs)]
-    first = run_script(*args).stdout
-    run_script("concepts.py", f"--sae_path={out_root / 'sae' / 'sae.pt'}", "--eval_tokens=2048", "--device=cpu")
-    run_script("steer.py", f"--out_dir={out_root / 'compare' / 'cocomix_s1'}", "--n_samples=2",
-               "--max_new_tokens=8", "--scales=-10,10", "--device=cpu")
-    return root, args, first
+            "--steer_samples=2", *(f"--{name}_config={root / name}.py" for name in configs)]
+    return root, args, run_script(*args).stdout

@@ -101,7 +101,7 @@ def test_steering_metric_writes_success_rates_per_model_and_scale(tiny_run):
     root, _, _ = tiny_run
     run = root / "out" / "compare" / "cocomix_s1"
     res = json.load(open(run / "steering.json"))["results"]
-    assert set(res) == {"CoCoMix", "teacher + SAE"} and set(res["CoCoMix"]) == {"1.0", "-10.0", "10.0"}
+    assert set(res) == {"CoCoMix", "teacher + SAE"} and set(res["CoCoMix"]) == {"1.0", "-10.0", "2.0", "5.0", "10.0"}
     assert all(len(r) == 31 and all(0 <= x <= 1 for x in r) for m in res.values() for r in m.values())
     assert (run / "steering.png").read_bytes()[:4] == b"\x89PNG"
 

@@ -3,7 +3,7 @@ import runpy
 import pytest
 import torch
 
-from model import GPT, GPTConfig, steered_topk
+from model import GPT, GPTConfig, generate, steered_topk
 
 TINY = dict(block_size=32, vocab_size=96, n_layer=3, n_head=2, n_embd=32)
 
@@ -58,6 +58,13 @@ def test_generate_appends_tokens_and_crops_context_to_block_size():
     model = GPT(GPTConfig(**TINY)).eval()
     out = model.generate(torch.zeros(1, 30, dtype=torch.long), max_new_tokens=10, top_k=5)
     assert out.shape == (1, 40) and out.max() < 96
+
+
+def test_generation_never_samples_the_ids_that_pad_the_vocabulary():
+    logits_fn = lambda idx: torch.tensor([0.0, 0.0, 0.0, 9.0]).expand(*idx.shape, 4)  # noqa: E731  favours id 3
+    torch.manual_seed(0)
+    assert (generate(logits_fn, torch.zeros(8, 1, dtype=torch.long), 5, 4)[:, 1:] == 3).float().mean() > 0.9
+    assert (generate(logits_fn, torch.zeros(8, 1, dtype=torch.long), 5, 4, vocab_size=3) < 3).all()
 
 
 def test_weight_decay_only_on_matrices_and_embeddings():

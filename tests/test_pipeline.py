@@ -42,4 +42,4 @@ def test_pipeline_runs_every_stage_compares_and_skips_finished_stages_when_rerun
                         "--max_new_tokens=5", "--device=cpu").stdout
     assert sample.count("---------------") == 1
     second = run_script(*args).stdout
-    assert second.count("skipping") == 5  # prepare, teacher, sae, ntp, cocomix
+    assert second.count("skipping") == 7  # prepare, teacher, sae, ntp, cocomix, concepts, steering

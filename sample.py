@@ -61,6 +61,24 @@ def concept_lines(model, y, decode, descriptions, steer=None, force=False, n=3):
             for t, js, vs in zip(y[-z.size(0):].tolist(), ids.tolist(), top.tolist())]
 
 
+def concept_tools(model, dev):
+    """What --steer, --show_concepts and --compare_teacher need of a CoCoMix model: the steering vector, the
+    concept descriptions, and (a logits function of the steering vector, block size) for its teacher + SAE."""
+    if not model.config.n_concepts:
+        raise ValueError("--show_concepts, --steer and --compare_teacher need a CoCoMix model "
+                         "(train.py --mode=cocomix); this one predicts no concepts")
+    sae_path = model.train_config["sae_path"]
+    steer_vec = steer_vector(parse_steer(steer, model.config.n_concepts), model.config.n_concepts, dev)
+    descriptions, teacher = {}, None
+    if show_concepts:
+        descriptions = load_descriptions(concepts_path or os.path.join(os.path.dirname(sae_path), "concepts.json"))
+    if compare_teacher:
+        sae, ckpt = load_sae(sae_path, dev)
+        t = load_teacher(ckpt["teacher"], dev)
+        teacher = (lambda s: teacher_sae_logits(t, sae, ckpt["layer"], s, force), t.config.block_size)
+    return steer_vec, descriptions, teacher
+
+
 def main():
     dev = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
     dev_type = "cuda" if dev.startswith("cuda") else "cpu"
@@ -86,32 +104,23 @@ def main():
     if len(ids) > model.config.block_size:
         print(f"note: prompt of {len(ids)} tokens is cropped to the model's last {model.config.block_size}")
     x = torch.tensor(ids, dtype=torch.long, device=dev)[None, -model.config.block_size:]
-    models = {"model": lambda steer_vec: (lambda idx: model(idx, steer=steer_vec, force=force)[0])}
+    models = {"model": (lambda s: (lambda idx: model(idx, steer=s, force=force)[0]), model.config.block_size)}
     steer_vec, descriptions = None, {}
     if show_concepts or steer or compare_teacher:
-        if not model.config.n_concepts:
-            raise SystemExit("error: --show_concepts, --steer and --compare_teacher need a CoCoMix model "
-                             "(train.py --mode=cocomix); this one predicts no concepts")
-        sae_path = model.train_config["sae_path"]
         try:
-            steer_vec = steer_vector(parse_steer(steer, model.config.n_concepts), model.config.n_concepts, dev)
-            if show_concepts:
-                descriptions = load_descriptions(concepts_path or os.path.join(os.path.dirname(sae_path),
-                                                                               "concepts.json"))
-            if compare_teacher:
-                sae, ckpt = load_sae(sae_path, dev)
-                teacher = load_teacher(ckpt["teacher"], dev)
-                models["teacher + SAE"] = lambda s: teacher_sae_logits(teacher, sae, ckpt["layer"], s, force)
+            steer_vec, descriptions, teacher = concept_tools(model, dev)
         except ValueError as e:
             raise SystemExit(f"error: {e}")
+        if teacher:
+            models["teacher + SAE"] = teacher
     ctx = nullcontext() if ptdtype == torch.float32 else torch.autocast(dev_type, dtype=ptdtype)
     with ctx:
-        for name, logits_fn in models.items():
+        for name, (make_logits_fn, block_size) in models.items():
             if len(models) > 1:
                 print(f"=== {name}" + (f", steered {steer}" if steer else ""))
             torch.manual_seed(seed)
             for _ in range(num_samples):
-                y = generate(logits_fn(steer_vec), x, max_new_tokens, model.config.block_size, temperature, top_k,
+                y = generate(make_logits_fn(steer_vec), x, max_new_tokens, block_size, temperature, top_k,
                              meta.get("vocab_size"))
                 print(decode(y[0].tolist()))
                 if show_concepts and name == "model":

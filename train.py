@@ -11,6 +11,7 @@ DDP on 2 nodes (run on each, with NODE_RANK 0 and 1):
     torchrun --nproc_per_node=8 --nnodes=2 --node_rank=$NODE_RANK --master_addr=$MASTER --master_port=29500 \
         train.py config/owt_ntp_69m.py
 """
+import gc
 import json
 import math
 import os
@@ -347,4 +348,6 @@ while True:
 
 if world_size > 1:
     dist.barrier()  # let rank 0 finish its checkpoint before the group is torn down
+    del model  # free DDP's reducer (it holds gloo work) while the interpreter is whole: else rank 1 can abort at exit
+    gc.collect()
     dist.destroy_process_group()

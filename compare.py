@@ -96,10 +96,10 @@ def plot_tokens_needed(groups, ax, baseline="ntp"):
     needs to reach it, relative to the baseline's (below 1: fewer tokens; a missing point: never reached)."""
     base_tokens, base_loss, _ = curve(groups[baseline])
     targets = np.linspace(base_loss[1], base_loss[-1], 40)  # from the first evaluation after 0 tokens
+    base_reach = np.array([tokens_to_reach(base_tokens, base_loss, t) for t in targets])
     for method, runs in groups.items():
         tokens, loss, _ = curve(runs)
-        ratio = [(tokens_to_reach(tokens, loss, t) or np.nan) / tokens_to_reach(base_tokens, base_loss, t)
-                 for t in targets]
+        ratio = np.array([tokens_to_reach(tokens, loss, t) or np.nan for t in targets]) / base_reach
         ax.plot(targets, ratio, label=method)
     ax.axhline(1.0, color="grey", lw=0.8, ls=":")
     ax.invert_xaxis()  # training goes left to right

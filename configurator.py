@@ -5,8 +5,8 @@ Override a script's module-level config from the command line, nanoGPT-style:
 
 A bare argument is a Python file executed over the defaults; `--key=value` sets one value, parsed as a
 Python literal when it is one (else, or where the default is a string, kept as a string); `--key` alone sets
-a True/False key to True. Unknown keys and wrong types stop with a one-line
-message naming the key. Usage at the top of a script, after its defaults:
+a True/False key to True. Unknown keys and wrong types stop with a one-line message naming the key.
+Usage at the top of a script, after its defaults:
 
     config = configure(globals())
 """

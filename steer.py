@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from configurator import configure
 from model import generate, steered_topk
-from sae import load_sae, load_teacher, teacher_hidden, teacher_logits
+from sae import load_sae, load_teacher, teacher_hidden, teacher_logits, topk_relu
 
 # -----------------------------------------------------------------------------
 out_dir = "out/compare/cocomix_s1"   # a CoCoMix student (train.py --mode=cocomix) on a concept world
@@ -68,9 +68,8 @@ def steered_sae_hidden(sae, h, steer=None, force=False):
         return h
     x, mu, std = sae.preprocess(h.float())
     pre = sae.encode_pre_act(x)
-    vals, idx = pre.topk(sae.k, dim=-1)
     _, s_vals, s_idx = steered_topk(pre, sae.k, steer, force)
-    delta = sae.decode(F.relu(s_vals), s_idx) - sae.decode(F.relu(vals), idx)
+    delta = sae.decode(F.relu(s_vals), s_idx) - sae.decode(*topk_relu(pre, sae.k))
     return h + (delta * std).to(h.dtype)
 
 
@@ -82,7 +81,7 @@ def teacher_sae_logits(teacher, sae, layer, steer=None, force=False):
 
 def load_student(out_dir, device):
     """(CoCoMix student, its dataset meta, its SAE checkpoint path)."""
-    from sample import load_model
+    from sample import load_model  # here, not at the top: sample.py imports this module
     model, meta = load_model(out_dir, device)
     if not model.config.n_concepts:
         raise ValueError(f"{out_dir} is not a CoCoMix model (it predicts no concepts): steer a --mode=cocomix run")
@@ -109,10 +108,10 @@ def steering_success(logits_fns, planted, meta, scales, n_samples, max_new_token
     concepts are steered at once: one batch row per (concept, sample), each with its own steering vector."""
     stoi = {w: i for i, w in enumerate(meta["itos"])}
     ids = lambda words: torch.tensor([stoi[w] for w in words], device=device)  # noqa: E731
-    factor_words = {c["factor"]: [] for c in meta["concepts"]}
-    for c in meta["concepts"]:
-        factor_words[c["factor"]] += c["words"]
-    words_of, factor_of = ({c["name"]: c[key] for c in meta["concepts"]} for key in ("words", "factor"))
+    factor_ids = {f: ids([w for c in meta["concepts"] if c["factor"] == f for w in c["words"]])
+                  for f in {c["factor"] for c in meta["concepts"]}}
+    concept = {c["name"]: c for c in meta["concepts"]}
+    targets = [(ids(concept[p["name"]]["words"]), factor_ids[concept[p["name"]]["factor"]]) for p in planted]
     rows = torch.arange(len(planted), device=device).repeat_interleave(n_samples)
     results = {}
     for name, make_logits_fn in logits_fns.items():
@@ -124,9 +123,8 @@ def steering_success(logits_fns, planted, meta, scales, n_samples, max_new_token
             start = torch.full((len(rows), 1), meta["eot_token"], device=device)
             stories = generate(make_logits_fn(steer[rows][:, None], force), start, max_new_tokens, block_size,
                                temperature, vocab_size=len(meta["itos"]))[:, 1:]
-            results[name][scale] = [expresses(stories[rows == i], ids(words_of[c["name"]]),
-                                              ids(factor_words[factor_of[c["name"]]])).float().mean().item()
-                                    for i, c in enumerate(planted)]
+            results[name][scale] = [expresses(stories[rows == i], *t).float().mean().item()
+                                    for i, t in enumerate(targets)]
     return results
 
 

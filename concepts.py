@@ -15,7 +15,7 @@ import torch
 
 from configurator import configure
 from prepare import get_tokenizer, load_concept_labels, load_meta
-from sae import concept_aurocs, concept_recovery, evaluate, load_sae, load_teacher
+from sae import concept_aurocs, evaluate, load_sae, load_teacher
 
 # -----------------------------------------------------------------------------
 sae_path = "out/sae/sae.pt"
@@ -71,14 +71,14 @@ def describe(sae_path, eval_tokens, n_contexts, context, match_auroc, device):
     planted = alignment = None
     if "concept_factors" in meta:
         concepts, drivers = load_concept_labels(data_dir, "val")
-        aurocs = concept_aurocs((vals, idx), sae.n_latents, concepts[where], drivers[where + 1],
-                                meta["concept_factors"])
+        a = concept_aurocs((vals, idx), sae.n_latents, concepts[where], drivers[where + 1], meta["concept_factors"])
+        # where the factor chooses the next word (see concept_aurocs); nan -> 0 so that every planted concept,
+        # even one that never occurs in this val sample, gets a latent to steer (concept_recovery gives None)
+        a = a["driver_auroc"].nan_to_num(0.0)
+        names = [f"{f['name']}={v}" for f in meta["concept_factors"] for v in f["values"]]
         words = {c["name"]: c["words"] for c in meta.get("concepts", [])}
-        planted = [{"name": c["name"], "latent": c["driver_latent"], "auroc": c["driver_auroc"],
-                    "words": words.get(c["name"])}
-                   for c in concept_recovery(aurocs, meta["concept_factors"])["concepts"]]
-        names = [c["name"] for c in planted]
-        a = aurocs["driver_auroc"].nan_to_num(0.0)  # where the factor chooses the next word: see concept_aurocs
+        planted = [{"name": name, "latent": int(a[c].argmax()), "auroc": a[c].max().item(), "words": words.get(name)}
+                   for c, name in enumerate(names)]
         best, concept = a.max(0)
         for lat, b, c in zip(latents, best.tolist(), concept.tolist()):
             lat["concept"], lat["concept_auroc"] = (names[c], b) if b > 0 else (None, None)

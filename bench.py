@@ -8,11 +8,10 @@ separately. Random tokens and random weights: speed does not depend on what the 
 """
 import runpy
 import time
-from contextlib import nullcontext
 
 import torch
 
-from configurator import configure
+from configurator import autocast_for, configure, resolve_device
 from model import GPT, GPTConfig
 from sae import SAE, ConceptExtractor
 
@@ -56,11 +55,9 @@ def timed(fn, sync):
 
 
 def main():
-    dev = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    dev = resolve_device(device)
     dev_type = "cuda" if dev.startswith("cuda") else "cpu"
-    ptdtype = torch.bfloat16 if dtype == "auto" and dev_type == "cuda" else \
-        {"auto": torch.float32, "float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
-    autocast = nullcontext() if ptdtype == torch.float32 else torch.autocast(dev_type, dtype=ptdtype)
+    ptdtype, autocast = autocast_for(dev, dtype)
     sync = torch.cuda.synchronize if dev_type == "cuda" else (lambda: None)
     torch.manual_seed(seed)
 

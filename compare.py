@@ -1,16 +1,43 @@
 """
-Compare training runs by their metrics logs: validation loss against tokens seen, one curve per method
-(mean over seeds, with a band of +-1 std), a markdown table, and the tokens CoCoMix needs to reach NTP's
-final validation loss (the paper's sample-efficiency number).
+Report on finished runs, in two forms.
 
-    python compare.py out/compare        # runs named <method>_s<seed> inside, e.g. ntp_s1, cocomix_s1
+Training runs: validation loss against tokens seen, one curve per method (mean over seeds, with a band of
++-1 std), a markdown table, and the tokens CoCoMix needs to reach NTP's final validation loss (the paper's
+sample-efficiency number). Writes compare.md and compare.png into the runs directory.
+
+    python compare.py out/compare                # runs named <method>_s<seed> inside, e.g. ntp_s1, cocomix_s1
+
+Evaluations: Table 1 of the paper (one row per run, perplexities and zero-shot accuracies) from eval.py's
+results.json, a bar chart per task, and the runs' training curves. Writes table.md, tasks.png and curves.png
+next to the results.json.
+
+    python compare.py out/eval/results.json
 """
 import json
 import os
-import sys
 from collections import defaultdict
 
 import numpy as np
+
+from configurator import configure
+
+# -----------------------------------------------------------------------------
+runs = ""                   # a runs directory (<method>_s<seed> inside) or an eval.py results.json
+baseline = "ntp"            # training runs: the method whose final val loss the others race to
+# -----------------------------------------------------------------------------
+
+# Table 1's columns: (task, metric, header). Avg PPL averages the first three, Avg Acc the next five.
+COLUMNS = [("val", "ppl", "Val"), ("lambada_openai", "ppl", "LAMB"), ("wikitext", "word_perplexity", "Wiki"),
+           ("hellaswag", "acc_norm", "HellaS"), ("piqa", "acc", "PIQA"), ("social_iqa", "acc", "SIQA"),
+           ("arc_easy", "acc", "ARC-E"), ("winogrande", "acc", "WinoG"), ("concept_probes", "acc", "Probes")]
+PPL = ("ppl", "word_perplexity")  # the lower-is-better metrics among them
+
+
+def run_name(run_dir):
+    """(method, seed) of a run directory named <method>_s<seed>, e.g. ("cocomix", 1); (its name, None) else."""
+    name = os.path.basename(os.path.normpath(run_dir))
+    method, sep, seed = name.rpartition("_s")
+    return (method, int(seed)) if sep and method and seed.isdigit() else (name, None)
 
 
 def read_metrics(run_dir):
@@ -20,17 +47,26 @@ def read_metrics(run_dir):
     with open(path) as f:
         return [json.loads(line) for line in f]
 
+# -----------------------------------------------------------------------------
+# training runs: curves, the training table, tokens to reach the baseline
+
+
+def by_method(run_dirs):
+    """{method: [metrics rows of each run]}: the seeds of a method (<method>_s<seed>) together, any other run
+    under its own name; runs without a metrics.jsonl are left out."""
+    groups = defaultdict(list)
+    for run in run_dirs:
+        if os.path.exists(os.path.join(run, "metrics.jsonl")):
+            groups[run_name(run)[0]].append(read_metrics(run))
+    return dict(groups)
+
 
 def group_runs(root):
     """{method: [metrics rows of each seed]} for the run directories <method>_s<seed> under root."""
-    groups = defaultdict(list)
-    for name in sorted(os.listdir(root)):
-        method, sep, seed = name.rpartition("_s")
-        if sep and seed.isdigit() and os.path.exists(os.path.join(root, name, "metrics.jsonl")):
-            groups[method].append(read_metrics(os.path.join(root, name)))
+    groups = by_method([os.path.join(root, n) for n in sorted(os.listdir(root)) if run_name(n)[1] is not None])
     if not groups:
         raise SystemExit(f"error: no runs named <method>_s<seed> with a metrics.jsonl under {root}")
-    return dict(groups)
+    return groups
 
 
 def curve(runs, key="val_loss"):
@@ -65,7 +101,8 @@ def summarize(groups, baseline="ntp"):
     return rows
 
 
-def markdown_table(rows, baseline="ntp"):
+def training_table(rows, baseline="ntp"):
+    """summarize()'s rows as a markdown table."""
     lines = [f"| method | seeds | tokens | final val loss | tokens to reach {baseline}'s final val loss |",
              "|---|---|---|---|---|"]
     for r in rows:
@@ -109,23 +146,88 @@ def plot_tokens_needed(groups, ax, baseline="ntp"):
     ax.grid(alpha=0.3)
 
 
-def plot(groups, path, title=""):
+def pyplot():
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6, 4))
-    plot_curves(groups, ax)
-    ax.set_ylabel("validation loss (nats/token)")
-    ax.set_title(title)
+    return plt
+
+
+def save(fig, path):
+    """Write the figure atomically (a reader never sees half a PNG) and close it."""
     fig.tight_layout()
     fig.savefig(path + ".tmp.png", dpi=120)
     os.replace(path + ".tmp.png", path)
-    plt.close(fig)
+    pyplot().close(fig)
 
 
-def main(root):
+def plot(groups, path, title=""):
+    """Validation loss against tokens (plot_curves) as a PNG."""
+    fig, ax = pyplot().subplots(figsize=(6, 4))
+    plot_curves(groups, ax)
+    ax.set_ylabel("validation loss (nats/token)")
+    ax.set_title(title)
+    save(fig, path)
+
+# -----------------------------------------------------------------------------
+# evaluations: Table 1 from eval.py's results.json
+
+
+def format_ppl(v):
+    return f"{v:.2f}" if v < 1e5 else f"{v:.2e}"  # an untrained model's perplexity is astronomical
+
+
+def format_params(n):
+    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e6:.3f}M"
+
+
+def table1_row(name, r):
+    cells = [name, r["method"], format_params(r["params"])]
+    for task, metric, _ in COLUMNS:
+        if task in r["tasks"]:
+            v = r["tasks"][task][metric]
+            cells.append(format_ppl(v) if metric in PPL else f"{100 * v:.1f}")
+    ppl = [r["tasks"][t][m] for t, m, _ in COLUMNS[:3] if t in r["tasks"]]
+    acc = [r["tasks"][t][m] for t, m, _ in COLUMNS[3:8] if t in r["tasks"]]
+    cells += [format_ppl(np.mean(ppl))] if len(ppl) == 3 else []
+    cells += [f"{100 * np.mean(acc):.1f}"] if len(acc) == 5 else []
+    return "| " + " | ".join(cells) + " |"
+
+
+def table1(results):
+    """Table 1's layout for eval.py's results ({run name: entry}): one row per run; PPL columns lower is
+    better, accuracies in percent. The columns are the tasks of the first run."""
+    first = next(iter(results.values()))
+    val_name = "OWT" if first["dataset"] == "openwebtext" else f"Val PPL ({first['dataset']})"
+    heads = ["Run", "Method", "Params"] + [val_name if t == "val" else h for t, _, h in COLUMNS if t in first["tasks"]]
+    heads += ["Avg PPL"] * all(t in first["tasks"] for t, _, _ in COLUMNS[:3])
+    heads += ["Avg Acc"] * all(t in first["tasks"] for t, _, _ in COLUMNS[3:8])
+    if "concept_probes" in first["tasks"]:
+        heads[heads.index("Probes")] = f"Probes (chance {100 * first['tasks']['concept_probes']['chance']:.1f})"
+    lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
+    return "\n".join(lines + [table1_row(name, r) for name, r in results.items()])
+
+
+def plot_tasks(results, path):
+    """One panel per Table 1 column, one bar per run."""
+    cols = [c for c in COLUMNS if all(c[0] in r["tasks"] for r in results.values())]
+    rows, per_row = -(-len(cols) // 4), min(4, len(cols))
+    fig, axes = pyplot().subplots(rows, per_row, figsize=(3 * per_row, 3 * rows), squeeze=False)
+    for ax in axes.flat[len(cols):]:
+        ax.axis("off")
+    for ax, (task, metric, head) in zip(axes.flat, cols):
+        values = [r["tasks"][task][metric] for r in results.values()]
+        ax.bar(range(len(results)), values, color=[f"C{i}" for i in range(len(results))])
+        ax.set_xticks(range(len(results)), list(results), rotation=45, ha="right", fontsize=7)
+        ax.set_title(f"{head} {metric}" + (" (lower is better)" if metric in PPL else ""), fontsize=8)
+    save(fig, path)
+
+# -----------------------------------------------------------------------------
+
+
+def compare_training(root):
     groups = group_runs(root)
-    table = markdown_table(summarize(groups))
+    table = training_table(summarize(groups, baseline), baseline)
     with open(os.path.join(root, "compare.md"), "w") as f:
         f.write(table + "\n")
     plot(groups, os.path.join(root, "compare.png"), title=os.path.basename(os.path.normpath(root)))
@@ -133,7 +235,37 @@ def main(root):
     print(f"wrote {root}/compare.md and {root}/compare.png")
 
 
+def compare_evaluations(path):
+    with open(path) as f:
+        results = json.load(f)
+    if not results:
+        raise SystemExit(f"error: {path} holds no runs: evaluate some with python eval.py RUN_DIR [RUN_DIR ...]")
+    out = os.path.dirname(path) or "."
+    table = table1(results)
+    with open(os.path.join(out, "table.md"), "w") as f:
+        f.write(table + "\n")
+    plot_tasks(results, os.path.join(out, "tasks.png"))
+    groups = by_method([r["run"] for r in results.values()])  # their training curves, where the runs have them
+    if groups:
+        plot(groups, os.path.join(out, "curves.png"), title="validation loss")
+    print(table)
+    print(f"wrote {out}/table.md, tasks.png" + (", curves.png" if groups else ""))
+
+
+def main(path):
+    """compare_training for a runs directory, compare_evaluations for an eval.py results.json."""
+    if not path:
+        raise SystemExit("error: nothing to compare: python compare.py out/compare (training runs), or "
+                         "python compare.py out/eval/results.json (eval.py's results)")
+    if os.path.isdir(path):
+        compare_training(path)
+    elif path.endswith(".json") and os.path.isfile(path):
+        compare_evaluations(path)
+    else:
+        raise SystemExit(f"error: {path!r} is neither a runs directory nor an eval.py results.json: "
+                         "python compare.py out/compare, or python compare.py out/eval/results.json")
+
+
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        raise SystemExit("usage: python compare.py RUNS_DIR   (runs named <method>_s<seed> inside)")
-    main(sys.argv[1])
+    configure(globals(), positional="runs")
+    main(runs)

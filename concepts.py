@@ -1,21 +1,24 @@
 """
 Describe every concept (SAE latent): the validation contexts it fires on most, the tokens there, and, on the
-embedded default, the planted concept it detects best. CoCoMix students predict these same latents, so the
-file describes their concepts too. sample.py --show_concepts, steer.py and the notebooks read it.
+embedded default, the planted concept it detects best (by AUROC), with how well the SAE recovers each planted
+concept. CoCoMix students predict these same latents, so the file describes their concepts too.
+sample.py --show_concepts, steer.py and the notebooks read it.
 
     python concepts.py                                  # out/sae/sae.pt -> out/sae/concepts.json
     python concepts.py --sae_path=out/sae_gpt2/sae.pt   # any SAE whose teacher's val split is prepared
 """
 import json
+import math
 import os
 from collections import Counter
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-from configurator import configure
-from prepare import get_tokenizer, load_concept_labels, load_meta
-from sae import concept_aurocs, evaluate, load_sae, load_teacher
+from configurator import configure, resolve_device
+from prepare import get_tokenizer, load_meta, load_planted_concepts
+from sae import evaluate_sae, load_sae, load_teacher
 
 # -----------------------------------------------------------------------------
 sae_path = "out/sae/sae.pt"
@@ -26,6 +29,80 @@ context = 8                 # tokens shown up to and including the one the laten
 match_auroc = 0.75          # a latent is named after a planted concept it detects with at least this AUROC
 device = "auto"
 # -----------------------------------------------------------------------------
+
+
+# -----------------------------------------------------------------------------
+# which latent detects which planted concept: AUROC by ranks
+
+def tied_ranks(x):
+    """1-based ranks down each column of x; tied values share the mean of their ranks."""
+    s, order = x.sort(0)
+    i = torch.arange(len(x), dtype=torch.float64)[:, None].expand(s.shape)
+    starts = torch.ones_like(s, dtype=torch.bool)
+    starts[1:] = s[1:] != s[:-1]
+    ends = torch.ones_like(starts)
+    ends[:-1] = starts[1:]
+    first = torch.where(starts, i, 0.0).cummax(0).values
+    last = torch.where(ends, i, float(len(x))).flip(0).cummin(0).values.flip(0)
+    return torch.empty_like(first).scatter_(0, order, (first + last) / 2 + 1)
+
+
+def auroc(scores, labels):
+    """AUROC of each score column (N, L) at telling each boolean label column (N, M) -> (M, L), by the
+    rank-sum (Mann-Whitney) formula."""
+    pos = labels.double()
+    n_pos = pos.sum(0)[:, None]
+    return (pos.t() @ tied_ranks(scores) - n_pos * (n_pos + 1) / 2) / (n_pos * (len(pos) - n_pos))
+
+
+def dense_columns(vals, idx, lo, hi):
+    """Dense (N, hi - lo) activations of latents lo..hi-1 from sparse (N, k) latents."""
+    inside = (idx >= lo) & (idx < hi)
+    return torch.zeros(len(vals), hi - lo).index_put_((inside.nonzero()[:, 0], idx[inside] - lo), vals[inside])
+
+
+def concept_aurocs(latents, n_latents, concepts, next_drivers, factors, chunk=128):
+    """AUROC of every latent at telling each planted concept (factor=value) from the factor's other values,
+    as two (n_concepts, n_latents) matrices:
+    "auroc" over all positions: does the position's document have this value?
+    "driver_auroc" over the positions whose next word the factor chooses: h_t is what predicts x_t+1, so this
+    asks for the value where the teacher needs it, and a latent for the current word cannot pass for it.
+    nan where the value never occurs."""
+    vals, idx = latents
+    values, drivers = torch.from_numpy(concepts.astype(np.int64)), torch.from_numpy(next_drivers.astype(np.int64))
+    onehots = [F.one_hot(values[:, f], len(factor["values"])) for f, factor in enumerate(factors)]
+    doc, drv = [], []
+    for j in range(0, n_latents, chunk):
+        scores = dense_columns(vals, idx, j, min(j + chunk, n_latents))
+        doc.append(auroc(scores, torch.cat(onehots, 1)))
+        drv.append(torch.cat([auroc(scores[drivers == f], y[drivers == f]) for f, y in enumerate(onehots)]))
+    return {"auroc": torch.cat(doc, 1), "driver_auroc": torch.cat(drv, 1)}
+
+
+def best_latents(aurocs):
+    """For each planted concept (row of an (n_concepts, n_latents) AUROC matrix), the latent that detects it
+    best: (AUROC (n_concepts,), nan where the concept never occurs; latent id (n_concepts,), the argmax over
+    the latents whose AUROC is defined, so that every concept gets one to steer)."""
+    best, latent = aurocs.nan_to_num(-1.0).max(1)
+    return best.masked_fill(best < 0, float("nan")), latent
+
+
+def concept_recovery(aurocs, factors):
+    """How well the SAE recovers the planted concepts: each one's best latent by both AUROCs of concept_aurocs,
+    with their mean and min over the concepts that occur (None where a concept never occurs)."""
+    out = {"concepts": [{"name": f"{factor['name']}={v}"} for factor in factors for v in factor["values"]]}
+    for key, a in aurocs.items():
+        best, latent = best_latents(a)
+        for c, b, j in zip(out["concepts"], best.tolist(), latent.tolist()):
+            c[key], c[key.replace("auroc", "latent")] = (None, None) if math.isnan(b) else (b, j)
+        seen = best[~best.isnan()]
+        out[f"{key}_mean"], out[f"{key}_min"] = seen.mean().item(), seen.min().item()
+    return out
+
+
+# -----------------------------------------------------------------------------
+# describing each latent
+
 
 
 def top_activations(vals, idx, where, n_latents, n):
@@ -50,14 +127,14 @@ def show_context(tokens, p, decode, eot, width):
 
 def describe(sae_path, eval_tokens, n_contexts, context, match_auroc, device):
     """The concepts.json content: one entry per latent, and on a concept world the planted concepts with the
-    latent that detects each best."""
+    latent that detects each best, the alignment matrix and the recovery summary (concept_recovery)."""
     sae, ckpt = load_sae(sae_path, device)
-    teacher = load_teacher(ckpt["teacher"], device)
+    teacher = load_teacher(ckpt["teacher_path"], device)[0]
     data_dir = os.path.join(ckpt["data_root"], ckpt["dataset"])
     meta, val_path = load_meta(data_dir), os.path.join(data_dir, "val.bin")
     eot, (_, decode) = meta.get("eot_token"), get_tokenizer(meta)
-    metrics, (vals, idx), where = evaluate(sae, teacher, ckpt["layer"], val_path, eot, ckpt["block_size"],
-                                           eval_tokens, device)
+    metrics, (vals, idx), where = evaluate_sae(sae, teacher, ckpt["layer"], val_path, eot, ckpt["block_size"],
+                                               eval_tokens, device)
     tokens = np.memmap(val_path, dtype=np.uint16, mode="r")
     counts = np.bincount(idx[vals > 0].numpy(), minlength=sae.n_latents)
     latents = []
@@ -68,28 +145,29 @@ def describe(sae_path, eval_tokens, n_contexts, context, match_auroc, device):
                         "top_tokens": [t for t, _ in top_tokens.most_common(3)],
                         "contexts": [{"text": show_context(tokens, p, decode, eot, context), "activation": float(a)}
                                      for p, a in zip(pos[:n_contexts], act[:n_contexts])]})
-    planted = alignment = None
+    planted = alignment = recovery = None
     if "concept_factors" in meta:
-        concepts, drivers = load_concept_labels(data_dir, "val")
-        a = concept_aurocs((vals, idx), sae.n_latents, concepts[where], drivers[where + 1], meta["concept_factors"])
-        # where the factor chooses the next word (see concept_aurocs); nan -> 0 so that every planted concept,
-        # even one that never occurs in this val sample, gets a latent to steer (concept_recovery gives None)
-        a = a["driver_auroc"].nan_to_num(0.0)
-        names = [f"{f['name']}={v}" for f in meta["concept_factors"] for v in f["values"]]
+        concepts, drivers = load_planted_concepts(data_dir, "val")
+        aurocs = concept_aurocs((vals, idx), sae.n_latents, concepts[where], drivers[where + 1],
+                                meta["concept_factors"])
+        recovery = concept_recovery(aurocs, meta["concept_factors"])
+        a = aurocs["driver_auroc"]  # where the factor chooses the next word (see concept_aurocs)
+        best, latent = best_latents(a)
+        names = [c["name"] for c in recovery["concepts"]]
         words = {c["name"]: c["words"] for c in meta.get("concepts", [])}
-        planted = [{"name": name, "latent": int(a[c].argmax()), "auroc": a[c].max().item(), "words": words.get(name)}
-                   for c, name in enumerate(names)]
-        best, concept = a.max(0)
-        for lat, b, c in zip(latents, best.tolist(), concept.tolist()):
+        planted = [{"name": name, "latent": j, "auroc": None if math.isnan(b) else b, "words": words.get(name)}
+                   for name, b, j in zip(names, best.tolist(), latent.tolist())]
+        best_of_latent, concept = a.nan_to_num(0.0).max(0)
+        for lat, b, c in zip(latents, best_of_latent.tolist(), concept.tolist()):
             lat["concept"], lat["concept_auroc"] = (names[c], b) if b > 0 else (None, None)
         shown = list(dict.fromkeys(c["latent"] for c in planted))  # each concept's best latent, once
-        alignment = {"latents": shown, "auroc": a[:, shown].tolist()}
+        alignment = {"latents": shown, "auroc": a[:, shown].nan_to_num(0.0).tolist()}
     for lat in latents:
         named = lat.get("concept") and lat["concept_auroc"] >= match_auroc
         lat["description"] = lat["concept"] if named else " ".join(repr(t) for t in lat["top_tokens"]) or "(dead)"
-    return {"sae_path": sae_path, "teacher": ckpt["teacher"], "layer": ckpt["layer"], "dataset": ckpt["dataset"],
-            "eval_tokens": metrics["eval_tokens"], "match_auroc": match_auroc, "latents": latents, "planted": planted,
-            "alignment": alignment}
+    return {"sae_path": sae_path, "teacher_path": ckpt["teacher_path"], "layer": ckpt["layer"],
+            "dataset": ckpt["dataset"], "eval_tokens": metrics["eval_tokens"], "match_auroc": match_auroc,
+            "latents": latents, "planted": planted, "alignment": alignment, "recovery": recovery}
 
 
 def load_descriptions(path):
@@ -133,7 +211,7 @@ def plot_labels(words, labels, described, ax, per_line=12):
 
 
 def main():
-    dev = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    dev = resolve_device(device)
     path = out or os.path.join(os.path.dirname(sae_path), "concepts.json")
     result = describe(sae_path, eval_tokens, n_contexts, context, match_auroc, dev)
     with open(path + ".tmp", "w") as f:
@@ -145,7 +223,13 @@ def main():
         print(f"{named} latents named after a planted concept (driver AUROC >= {match_auroc}); "
               "the best latent per concept:")
         for c in result["planted"]:
-            print(f"  {c['name']:<16} latent {c['latent']:>5}  AUROC {c['auroc']:.3f}")
+            auroc_text = "-" if c["auroc"] is None else f"{c['auroc']:.3f}"  # None: the concept is not in val
+            print(f"  {c['name']:<16} latent {c['latent']:>5}  AUROC {auroc_text}")
+        rec = result["recovery"]
+        print(f"concept recovery, AUROC of the best single latent for each of {len(rec['concepts'])} planted "
+              f"concepts: mean {rec['auroc_mean']:.3f}, min {rec['auroc_min']:.3f} over all positions; "
+              f"mean {rec['driver_auroc_mean']:.3f}, min {rec['driver_auroc_min']:.3f} where the factor "
+              "chooses the next word")
     for lat in sorted(result["latents"], key=lambda lat: -lat["frequency"])[:5]:
         print(f"latent {lat['id']} ({lat['description']}), fires on {100 * lat['frequency']:.1f}%: "
               f"{lat['contexts'][0]['text'] if lat['contexts'] else ''}")

@@ -1,18 +1,25 @@
 """
-Override a script's module-level config from the command line, nanoGPT-style:
+Every script's command line, nanoGPT-style: module-level defaults, overridden by config files and flags.
 
-    python train.py config/cpu_ntp.py --batch_size=32 --compile=False
+    python train.py config/concepts_ntp.py --batch_size=32 --compile=False
+    python train.py --help
 
-A bare argument is a Python file executed over the defaults; `--key=value` sets one value, parsed as a
-Python literal when it is one (else, or where the default is a string, kept as a string); `--key` alone sets
-a True/False key to True. Unknown keys and wrong types stop with a one-line message naming the key.
-Usage at the top of a script, after its defaults:
+A bare argument ending in .py is a Python file executed over the defaults; `--key=value` sets one value,
+parsed as a Python literal when it is one (else, or where the default is a string, kept as a string);
+`--key` alone sets a True/False key to True. A script that takes paths (eval.py, compare.py) names a key that
+collects its other bare arguments. Unknown keys and wrong types stop with a one-line message naming the key.
+`--help` prints the script's docstring and every key with its default and comment. At the top of a script,
+after its defaults:
 
     config = configure(globals())
+
+Also here: the one place that turns device="auto" and dtype="auto" into what the machine has.
 """
 import ast
 import os
+import re
 import sys
+from contextlib import nullcontext
 
 
 class ConfigError(SystemExit):
@@ -22,7 +29,8 @@ class ConfigError(SystemExit):
 def _check(key, value, defaults):
     if key not in defaults:
         close = [k for k in defaults if k.split("_")[0] == key.split("_")[0]] or sorted(defaults)
-        raise ConfigError(f"error: unknown config key '{key}' (known keys include: {', '.join(close[:8])})")
+        raise ConfigError(f"error: unknown config key '{key}' (known keys include: {', '.join(close[:8])}; "
+                          "--help lists them all)")
     default = defaults[key]
     if default is None or value is None:
         return value
@@ -41,13 +49,38 @@ def _parse(text):
         return text  # a bare string, e.g. --dataset=concepts
 
 
-def configure(namespace, argv=None):
-    """Apply config files and --key=value flags in argv to namespace; return the resulting config dict."""
+def usage(namespace, keys):
+    """The --help text: the script's docstring, then one line per key with its default and its comment."""
+    comments = {}
+    path = namespace.get("__file__")
+    if path and os.path.exists(path):
+        for line in open(path):
+            m = re.match(r"(\w+) = .*?(?:#\s*(.*))?$", line.rstrip())
+            if m and m.group(1) in keys:
+                comments.setdefault(m.group(1), m.group(2) or "")
+    width = max((len(k) + len(repr(namespace[k])) for k in keys), default=0) + 4
+    lines = [(namespace.get("__doc__") or "").strip(), "", "config keys (--key=value; config files: CONFIG.py):"]
+    lines += [f"  --{f'{k}={namespace[k]!r}':<{width}} {comments.get(k, '')}".rstrip() for k in keys]
+    return "\n".join(lines)
+
+
+def configure(namespace, argv=None, positional=None):
+    """Apply config files and --key=value flags in argv to namespace; return the resulting config dict.
+    positional: the name of a string key that collects the bare arguments which are not .py files,
+    comma-joined (eval.py's runs); without it such an argument is an error. --help prints usage() and exits."""
     argv = sys.argv[1:] if argv is None else argv
-    keys = [k for k, v in namespace.items() if not k.startswith("_") and isinstance(v, (int, float, bool, str, type(None)))]
+    keys = [k for k, v in namespace.items()
+            if not k.startswith("_") and isinstance(v, (int, float, bool, str, type(None)))]
+    if "--help" in argv or "-h" in argv:
+        print(usage(namespace, keys))
+        raise SystemExit(0)
     defaults = {k: namespace[k] for k in keys}
+    bare = []
     for arg in argv:
         if not arg.startswith("--"):
+            if positional and not arg.endswith(".py"):
+                bare.append(arg)
+                continue
             if not os.path.isfile(arg):
                 raise ConfigError(f"error: config file '{arg}' not found (see config/ for the presets)")
             file_ns = {}
@@ -61,4 +94,25 @@ def configure(namespace, argv=None):
                 raise ConfigError(f"error: expected --{key}=VALUE, got '{arg}'")
             value = True if not eq else text if isinstance(defaults.get(key), str) else _parse(text)
             namespace[key] = _check(key, value, defaults)
+    if bare:
+        namespace[positional] = ",".join(bare)
     return {k: namespace[k] for k in keys}
+
+
+def resolve_device(device):
+    """"auto" -> "cuda" when a GPU is visible, else "cpu"; any other device name is kept."""
+    import torch
+    return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+
+
+def autocast_for(device, dtype):
+    """(torch dtype, autocast context) for a device and a dtype name; "auto" is bfloat16 on CUDA, float32
+    elsewhere. float32 runs without autocast. Raises ConfigError for an unknown dtype."""
+    import torch
+    device_type = "cuda" if device.startswith("cuda") else "cpu"
+    name = ("bfloat16" if device_type == "cuda" else "float32") if dtype == "auto" else dtype
+    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if name not in dtypes:
+        raise ConfigError(f"error: unknown dtype={dtype!r}: use auto, float32, bfloat16 or float16")
+    ptdtype = dtypes[name]
+    return ptdtype, nullcontext() if ptdtype == torch.float32 else torch.autocast(device_type, dtype=ptdtype)

@@ -1,23 +1,23 @@
 """
 Evaluate checkpoints as the paper does (Section 3.1, Table 1): perplexity on a whole validation split, the
-seven zero-shot tasks the paper runs through lm-evaluation-harness (here run natively, no harness needed),
-probes of the concept world's latent concepts, and a side-by-side table and plots for several runs.
+seven zero-shot tasks the paper runs through lm-evaluation-harness (here run natively, no harness needed), and
+on the concept world probes of the planted concepts. Writes <out>/results.json; compare.py makes Table 1 of it.
 
     python eval.py out/ntp                                   # val perplexity (+ concept probes on the concept world)
     python eval.py out/compare/ntp_s1 out/compare/cocomix_s1 --tasks=val,concept_probes --out=out/eval
     python eval.py out/owt_ntp --tasks=paper                 # OWT val + the seven tasks, loaded from the hub
     python eval.py out/owt_ntp --tasks=val,piqa --task_dir=evals   # offline: evals/piqa.jsonl, the hub's rows
+    python compare.py out/eval/results.json                  # then: Table 1 (table.md), tasks.png, curves.png
 
 Tasks: val, concept_probes, lambada_openai, wikitext, hellaswag, piqa, social_iqa, arc_easy, winogrande;
 "paper" is val and the seven; NAME=FILE.jsonl reads one task from a local file. Prompts, scoring and metrics
 follow lm-eval's zero-shot defaults. For the full harness, make_lm_eval_model() wraps a checkpoint as an
-lm_eval LM (or pass --harness=task,task). Writes table.md, results.json, tasks.png and curves.png to --out.
+lm_eval LM (or pass --harness=task,task).
 """
 import json
 import math
 import os
 import re
-import sys
 from contextlib import nullcontext
 
 import numpy as np
@@ -25,10 +25,13 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from prepare import get_tokenizer, load_concept_labels, load_meta
-from sample import load_model
+from configurator import autocast_for, configure, resolve_device
+from model import GPT
+from prepare import get_tokenizer, load_meta, load_planted_concepts, load_tokens
+from world import concept_probe_items
 
 # -----------------------------------------------------------------------------
+runs = ""                   # train.py out_dirs, comma-separated (or bare: python eval.py RUN [RUN ...])
 tasks = "auto"              # comma-separated; "auto": val, plus concept_probes on the concept world
 task_dir = ""               # local <task>.jsonl files in the hub's row format; "" loads tasks from the hub
 limit = 0                   # documents per task and concept-probe documents (0: all)
@@ -37,7 +40,7 @@ data_root = ""              # "": the checkpoint's
 probe_prefix = 32           # concept probes: a probed word is at least this many tokens into its document
 harness = ""                # lm-eval task names to run through lm_eval.simple_evaluate (needs `pip install lm_eval`)
 batch_size = 16
-out = "out/eval"            # table.md, results.json, tasks.png, curves.png
+out = "out/eval"            # writes <out>/results.json
 device = "auto"
 dtype = "auto"              # one precision for every checkpoint: "auto" is bfloat16 on CUDA, float32 on CPU
 seed = 1337
@@ -54,11 +57,6 @@ TASKS = {
     "arc_easy": ("allenai/ai2_arc", "ARC-Easy", "test", ["question", "choices", "answerKey"]),
     "winogrande": ("allenai/winogrande", "winogrande_xl", "validation", ["sentence", "option1", "option2", "answer"]),
 }
-# Table 1's columns: (task, metric, header). Avg PPL averages the first three, Avg Acc the next five.
-COLUMNS = [("val", "ppl", "Val"), ("lambada_openai", "ppl", "LAMB"), ("wikitext", "word_perplexity", "Wiki"),
-           ("hellaswag", "acc_norm", "HellaS"), ("piqa", "acc", "PIQA"), ("social_iqa", "acc", "SIQA"),
-           ("arc_easy", "acc", "ARC-E"), ("winogrande", "acc", "WinoG"), ("concept_probes", "acc", "Probes")]
-PPL = ("ppl", "word_perplexity")  # the lower-is-better metrics among them
 
 # -----------------------------------------------------------------------------
 # scoring: everything below reduces to log p(continuation | context) over token ids
@@ -118,10 +116,7 @@ def rolling_requests(ids, prefix, T):
 def val_perplexity(model, data_dir, split="val", **kw):
     """Perplexity over a whole split in non-overlapping block_size windows, as the paper's OWT number.
     Token-weighted: equal to the paper's mean of per-window losses when the last window is full too."""
-    path = os.path.join(data_dir, f"{split}.bin")
-    if not os.path.exists(path):
-        raise SystemExit(f"error: {path} not found: run `python prepare.py --dataset {os.path.basename(data_dir)}`")
-    data = np.fromfile(path, dtype=np.uint16).astype(np.int64)
+    data = np.asarray(load_tokens(data_dir, split), dtype=np.int64)
     T = model.config.block_size
     reqs = [(data[a - 1:a].tolist(), data[a:a + T].tolist()) for a in range(1, len(data), T)]
     nll = -sum(ll for ll, _ in loglikelihoods(model, reqs, desc=f"{split} perplexity", **kw)) / (len(data) - 1)
@@ -238,54 +233,18 @@ def run_task(model, task, docs, encode, prefix, **kw):
     return {"acc": float(np.mean(acc)), "acc_norm": float(np.mean(acc_norm)), "n": len(docs)}
 
 # -----------------------------------------------------------------------------
-# concept probes: multiple choice that only a model which inferred a document's latent concepts can pass
-
-
-def concept_probe_items(data_dir, prefix_tokens=32, n_docs=0, seed=1337):
-    """Items on the concept world's val documents. Each cuts a document at a word that a latent factor
-    produced (at least prefix_tokens into it) and offers the rest of that sentence with the word as written
-    or with the same-slot word of each other value of that factor (chance: 1 / values). Seeded."""
-    meta = load_meta(data_dir)
-    if "concepts" not in meta or not os.path.exists(os.path.join(data_dir, "val_concepts.bin")):
-        raise SystemExit(f"error: {data_dir} has no planted concepts: concept_probes need the concept world "
-                         "(python prepare.py), or drop concept_probes from --tasks")
-    tokens = np.fromfile(os.path.join(data_dir, "val.bin"), dtype=np.uint16).astype(np.int64)
-    concepts, drivers = load_concept_labels(data_dir, "val")
-    stoi = {w: i for i, w in enumerate(meta["itos"])}
-    eot, stop = meta["eot_token"], stoi["."]
-    articles = {stoi.get("a"), stoi.get("an")}  # "an" before a vowel would give the true word away by grammar
-    # prepare.py lists a value's words slot by slot, in the same order for every value of a factor, so the
-    # i-th words of all values fill the same slot; a slot whose words repeat across values (she, her) is skipped
-    words = {(c["factor_index"], c["value_index"]): [stoi[w] for w in c["words"]] for c in meta["concepts"]}
-    n_values = [len(f["values"]) for f in meta["concept_factors"]]
-    ends = np.flatnonzero(tokens == eot)
-    starts = np.r_[0, ends[:-1] + 1]
-    rng = np.random.default_rng(seed)
-    docs = sorted(rng.choice(len(ends), n_docs, replace=False)) if 0 < n_docs < len(ends) else range(len(ends))
-    items = []
-    for d in docs:
-        s, e = starts[d], ends[d]
-        for f, n in enumerate(n_values):
-            options = []
-            for p in np.flatnonzero(drivers[s + prefix_tokens:e] == f) + s + prefix_tokens:
-                if tokens[p - 1] in articles:
-                    continue
-                i = words[f, int(concepts[p, f])].index(tokens[p])
-                alts = [words[f, v][i] if i < len(words[f, v]) else -1 for v in range(n)]
-                if -1 not in alts and len(set(alts)) == n:
-                    options.append((p, alts))
-            if options:
-                p, alts = options[rng.integers(len(options))]
-                q = p + 1 + np.argmax(np.r_[tokens[p + 1:e], stop] == stop)  # the sentence's full stop
-                rest = tokens[p + 1:q + 1].tolist()
-                items.append({"factor": f, "gold": int(concepts[p, f]), "context": [eot] + tokens[s:p].tolist(),
-                              "continuations": [[w] + rest for w in alts]})
-    return items
+# concept probes: multiple choice that only a model which inferred a story's planted concepts can pass
 
 
 def concept_probes(model, data_dir, prefix_tokens=32, n_docs=0, seed=1337, **kw):
-    """Accuracy of picking the true concept word, overall and per factor, with the chance level."""
-    items = concept_probe_items(data_dir, prefix_tokens, n_docs, seed)
+    """Accuracy of picking the true concept word in world.concept_probe_items' questions on data_dir's val
+    split, overall and per factor, with the chance level."""
+    meta = load_meta(data_dir)
+    if "concepts" not in meta:
+        raise SystemExit(f"error: {data_dir} has no planted concepts: concept_probes need the concept world "
+                         "(python prepare.py), or drop concept_probes from --tasks")
+    concepts, drivers = load_planted_concepts(data_dir, "val")
+    items = concept_probe_items(load_tokens(data_dir, "val"), concepts, drivers, meta, prefix_tokens, n_docs, seed)
     if not items:
         raise SystemExit(f"error: no concept probes in {data_dir}: lower --probe_prefix={prefix_tokens}")
     reqs = [(it["context"], c) for it in items for c in it["continuations"]]
@@ -294,7 +253,7 @@ def concept_probes(model, data_dir, prefix_tokens=32, n_docs=0, seed=1337, **kw)
     correct = [np.argmax(ll) == it["gold"] for ll, it in zip(per_item, items)]
     out = {"acc": float(np.mean(correct)), "chance": float(np.mean([1 / len(it["continuations"]) for it in items])),
            "n": len(items)}
-    for f, factor in enumerate(load_meta(data_dir)["concept_factors"]):
+    for f, factor in enumerate(meta["concept_factors"]):
         hits = [c for c, it in zip(correct, items) if it["factor"] == f]
         if hits:
             out[f"acc_{factor['name']}"] = float(np.mean(hits))
@@ -390,123 +349,52 @@ def make_lm_eval_model(model, meta, enc=None, batch_size=16, autocast=nullcontex
     return CocomixLM()
 
 # -----------------------------------------------------------------------------
-# several runs: Table 1 in markdown, results.json, per-task bars, training curves
+# the command line: each run's checkpoint, its tasks, results.json
 
 
-def format_row(name, r):
-    cells = [name, r["method"], format_params(r["params"])]
-    for task, metric, _ in COLUMNS:
-        if task in r["tasks"]:
-            v = r["tasks"][task][metric]
-            cells.append(format_ppl(v) if metric in PPL else f"{100 * v:.1f}")
-    ppl = [r["tasks"][t][m] for t, m, _ in COLUMNS[:3] if t in r["tasks"]]
-    acc = [r["tasks"][t][m] for t, m, _ in COLUMNS[3:8] if t in r["tasks"]]
-    cells += [format_ppl(np.mean(ppl))] if len(ppl) == 3 else []
-    cells += [f"{100 * np.mean(acc):.1f}"] if len(acc) == 5 else []
-    return "| " + " | ".join(cells) + " |"
+def evaluate_run(run, dev):
+    """One results.json entry for a train.py out_dir, evaluated on device dev as the config keys say."""
+    ptdtype, autocast = autocast_for(dev, dtype)
+    precision = str(ptdtype).removeprefix("torch.")
+    try:
+        model, record = GPT.from_checkpoint(run, dev)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}")
+    model.eval()
+    cfg, meta = record["config"], record["meta"]
+    data_dir = os.path.join(data_root or cfg["data_root"], dataset or cfg["dataset"])
+    data_meta = check_same_tokenizer(meta, data_dir)
+    method, params = "CoCoMix" if model.config.n_concepts else "NTP", model.get_num_params(activated=True)
+    print(f"{run}: {method}, {params:,} activated parameters, iteration {record['iter_num']}, {precision} on {dev}")
+    kw = dict(batch_size=batch_size, autocast=autocast)
+    task_list = parse_tasks(tasks, task_dir, "concepts" in data_meta)
+    res = evaluate(model, meta, task_list, data_dir, limit=limit, probe_prefix=probe_prefix, seed=seed, **kw)
+    if harness:
+        import lm_eval
+        lm = make_lm_eval_model(model, meta, **kw)
+        res["harness"] = lm_eval.simple_evaluate(model=lm, tasks=harness.split(","), limit=limit or None)["results"]
+    return {"run": run, "method": method, "params": params, "iter": record["iter_num"],
+            "dataset": data_meta["dataset"], "dtype": precision, "tasks": res}
 
 
-def format_ppl(v):
-    return f"{v:.2f}" if v < 1e5 else f"{v:.2e}"  # an untrained model's perplexity is astronomical
-
-
-def format_params(n):
-    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e6:.3f}M"
-
-
-def markdown_table(results):
-    """Table 1's layout: one row per run; PPL columns lower is better, accuracies in percent."""
-    first = next(iter(results.values()))
-    val_name = "OWT" if first["dataset"] == "openwebtext" else f"Val PPL ({first['dataset']})"
-    heads = ["Run", "Method", "Params"] + [val_name if t == "val" else h for t, _, h in COLUMNS if t in first["tasks"]]
-    heads += ["Avg PPL"] * all(t in first["tasks"] for t, _, _ in COLUMNS[:3])
-    heads += ["Avg Acc"] * all(t in first["tasks"] for t, _, _ in COLUMNS[3:8])
-    if "concept_probes" in first["tasks"]:
-        heads[heads.index("Probes")] = f"Probes (chance {100 * first['tasks']['concept_probes']['chance']:.1f})"
-    lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
-    return "\n".join(lines + [format_row(name, r) for name, r in results.items()])
-
-
-def plot_tasks(results, path):
-    """One panel per Table 1 column, one bar per run."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    cols = [c for c in COLUMNS if all(c[0] in r["tasks"] for r in results.values())]
-    rows, per_row = -(-len(cols) // 4), min(4, len(cols))
-    fig, axes = plt.subplots(rows, per_row, figsize=(3 * per_row, 3 * rows), squeeze=False)
-    for ax in axes.flat[len(cols):]:
-        ax.axis("off")
-    for ax, (task, metric, head) in zip(axes.flat, cols):
-        values = [r["tasks"][task][metric] for r in results.values()]
-        ax.bar(range(len(results)), values, color=[f"C{i}" for i in range(len(results))])
-        ax.set_xticks(range(len(results)), list(results), rotation=45, ha="right", fontsize=7)
-        ax.set_title(f"{head} {metric}" + (" (lower is better)" if metric in PPL else ""), fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def plot_curves(run_dirs, path):
-    """Val loss against tokens from each run's metrics.jsonl, seeds of a method (<method>_s<seed>) averaged."""
-    from compare import plot, read_metrics
-    groups = {}
-    for run in run_dirs:
-        name = os.path.basename(os.path.normpath(run))
-        method, sep, s = name.rpartition("_s")
-        if os.path.exists(os.path.join(run, "metrics.jsonl")):
-            groups.setdefault(method if sep and s.isdigit() else name, []).append(read_metrics(run))
-    if groups:
-        plot(groups, path, title="validation loss")
-    return bool(groups)
-
-
-def main(run_dirs):
+def main():
+    run_dirs = [r for r in runs.split(",") if r]
     if not run_dirs:
-        raise SystemExit("usage: python eval.py RUN_DIR [RUN_DIR ...] [--tasks=...] [--key=value ...]")
-    dev = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-    dev_type = "cuda" if dev.startswith("cuda") else "cpu"
-    dt = {"auto": "bfloat16" if dev_type == "cuda" else "float32"}.get(dtype, dtype)
-    ptdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(dt)
-    if ptdtype is None:
-        raise SystemExit(f"error: unknown dtype={dtype!r}: use auto, float32, bfloat16 or float16")
-    autocast = nullcontext() if ptdtype == torch.float32 else torch.autocast(dev_type, dtype=ptdtype)
+        raise SystemExit("error: no runs to evaluate: python eval.py RUN_DIR [RUN_DIR ...] [--tasks=...] "
+                         "(--help lists the keys)")
+    dev = resolve_device(device)
     results = {}
     for run in run_dirs:
-        model, meta = load_model(run, dev)
-        model.eval().to(dev)
-        ckpt = torch.load(os.path.join(run, "ckpt.pt"), map_location="cpu", weights_only=False, mmap=True)
-        cfg = ckpt["config"]
-        data_dir = os.path.join(data_root or cfg["data_root"], dataset or cfg["dataset"])
-        data_meta = check_same_tokenizer(meta, data_dir)
         name = os.path.basename(os.path.normpath(run))
-        name = os.path.normpath(run) if name in results else name
-        method = "CoCoMix" if model.config.n_concepts else "NTP"
-        print(f"{name}: {method}, {format_params(model.get_num_params(activated=True))} parameters, "
-              f"iteration {ckpt['iter_num']}, {dt} on {dev}")
-        kw = dict(batch_size=batch_size, autocast=autocast)
-        task_list = parse_tasks(tasks, task_dir, "concepts" in data_meta)
-        res = evaluate(model, meta, task_list, data_dir, limit=limit, probe_prefix=probe_prefix, seed=seed, **kw)
-        if harness:
-            import lm_eval
-            lm = make_lm_eval_model(model, meta, **kw)
-            res["harness"] = lm_eval.simple_evaluate(model=lm, tasks=harness.split(","), limit=limit or None)["results"]
-        results[name] = {"run": run, "method": method, "params": model.get_num_params(activated=True),
-                         "iter": ckpt["iter_num"], "dataset": data_meta["dataset"], "dtype": dt, "tasks": res}
+        results[os.path.normpath(run) if name in results else name] = evaluate_run(run, dev)
     os.makedirs(out, exist_ok=True)
-    table = markdown_table(results)
-    with open(os.path.join(out, "table.md"), "w") as f:
-        f.write(table + "\n")
-    with open(os.path.join(out, "results.json"), "w") as f:
+    path = os.path.join(out, "results.json")
+    with open(path, "w") as f:
         json.dump(results, f, indent=1, default=str)
-    plot_tasks(results, os.path.join(out, "tasks.png"))
-    curves = plot_curves(run_dirs, os.path.join(out, "curves.png"))
-    print(table)
-    print(f"wrote {out}/table.md, results.json, tasks.png" + (", curves.png" if curves else ""))
+    print(f"wrote {path}")
+    print(f"Table 1 and its plots: python compare.py {path}")
 
 
 if __name__ == "__main__":
-    from configurator import configure
-    args = sys.argv[1:]
-    configure(globals(), [a for a in args if a.startswith("--") or a.endswith(".py")])
-    main([a for a in args if not a.startswith("--") and not a.endswith(".py")])
+    configure(globals(), positional="runs")
+    main()

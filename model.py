@@ -8,6 +8,7 @@ concepts are interleaved with the token hidden states (h1, c1, h2, c2, ...).
 """
 import inspect
 import math
+import os
 from dataclasses import dataclass
 
 import torch
@@ -79,10 +80,13 @@ class GPTConfig:
     mixing: str = "interleave"   # "interleave" (h1,c1,h2,c2,...), "add" (h_t + c_t), or "none" (prediction only)
 
 
-def standardize(h, eps=1e-5):
-    """Parameter-free LayerNorm as in the SAE: (h - mu) / (std + eps), returning the statistics too."""
-    mu, s = h.mean(-1, keepdim=True), h.std(-1, keepdim=True) + eps
-    return (h - mu) / s, mu, s
+def layer_norm(h, eps=1e-5):
+    """Parameter-free LayerNorm of h (..., d) over its last dim, as OpenAI's SAEs and the official CoCoMix code:
+    ((h - mu) / (std + eps), mu, std), each of the statistics (..., 1), std unbiased. Map back with x * std + mu
+    (the plain std, as both do), so that the SAE's reconstruction and the continuous concept land in h's space."""
+    mu = h.mean(-1, keepdim=True)
+    std = (h - mu).std(-1, keepdim=True)
+    return (h - mu) / (std + eps), mu, std
 
 
 def steered_topk(z, k, steer=None, force=False):
@@ -101,7 +105,7 @@ def steered_topk(z, k, steer=None, force=False):
 class ConceptHead(nn.Module):
     """Predict concept logits z_t from h_t (Eq. 2) and compress TopK(z_t) into a continuous concept (Eq. 3).
 
-    Both work on the standardized hidden state minus a learned pre_bias, mirroring the SAE's input
+    Both work on the layer-normed hidden state minus a learned pre_bias, mirroring the SAE's input
     normalisation, and the concept is mapped back with the token's own mean and std (as the official code).
     """
 
@@ -113,19 +117,18 @@ class ConceptHead(nn.Module):
         self.compressor = nn.Linear(config.n_concepts, config.n_embd)     # W in R^{d x C}, b in R^d
 
     def forward(self, h, steer=None, force=False):
-        x, mu, s = standardize(h)
+        x, mu, std = layer_norm(h)
         z = self.predictor(x - self.pre_bias)                              # concept logits, Eq. 2
-        z, top, idx = steered_topk(z, self.k, steer, force)                # TopK(z_t), raw signed logits
-        c = self.compress(top, idx) + self.compressor.bias                 # W TopK(z_t) + b, Eq. 3
-        return z, (c + self.pre_bias) * s + mu
+        z, top_vals, top_idx = steered_topk(z, self.k, steer, force)       # TopK(z_t), raw signed logits
+        c = self.compress(top_vals, top_idx) + self.compressor.bias        # W TopK(z_t) + b, Eq. 3
+        return z, (c + self.pre_bias) * std + mu
 
-    def compress(self, top, idx):
+    def compress(self, top_vals, top_idx):
         """W @ TopK(z) reading only the K kept columns of W: K*d work per token instead of C*d."""
-        shape = top.shape
         W = self.compressor.weight.t()                                     # (C, d): one row per concept
-        c = F.embedding_bag(idx.reshape(-1, self.k), W, per_sample_weights=top.reshape(-1, self.k).to(W.dtype),
-                            mode="sum")
-        return c.view(*shape[:-1], -1)
+        c = F.embedding_bag(top_idx.reshape(-1, self.k), W, mode="sum",
+                            per_sample_weights=top_vals.reshape(-1, self.k).to(W.dtype))
+        return c.view(*top_vals.shape[:-1], -1)
 
 
 class GPT(nn.Module):
@@ -175,24 +178,39 @@ class GPT(nn.Module):
         "ntp" (next-token CE) and, given concept_labels (B, T, K_attr), "concept" (Eq. 2).
         steer and force steer the predicted concepts (see steered_topk).
         """
-        B, T = idx.size()
-        assert T <= self.config.block_size, f"sequence of {T} tokens exceeds block_size {self.config.block_size}"
-        pos = torch.arange(T, device=idx.device)
-        h = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
+        c = self.config
         concept_logits = None
-        for i, block in enumerate(self.transformer.h):
-            if self.config.n_concepts and i == self.config.insert_layer:
-                concept_logits, h = self.mix_concepts(h, steer, force)
-            h = block(h)
-        if self.config.n_concepts and self.config.mixing == "interleave":
-            h = h[:, 1::2]  # predict x_{t+1} from the concept slot c_t, which has seen h_<=t and c_<=t (Eq. 4)
-        logits = self.lm_head(self.transformer.ln_f(h))
+        if not c.n_concepts:
+            logits = self.logits_from(self.hidden(idx, c.n_layer - 1), c.n_layer - 1)
+        else:
+            concept_logits, h = self.mix_concepts(self.hidden(idx, c.insert_layer - 1), steer, force)
+            for block in self.transformer.h[c.insert_layer:]:
+                h = block(h)
+            if c.mixing == "interleave":
+                h = h[:, 1::2]  # predict x_{t+1} from the concept slot c_t, which has seen h_<=t and c_<=t (Eq. 4)
+            logits = self.lm_head(self.transformer.ln_f(h))
         if targets is None:
             return logits, concept_logits, None
         losses = {"ntp": F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-1)}
         if concept_labels is not None:
             losses["concept"] = concept_loss(concept_logits, concept_labels)
         return logits, concept_logits, losses
+
+    def hidden(self, idx, layer):
+        """The output (B, T, d) of block `layer` (0-based; -1: the embeddings) for tokens idx (B, T)."""
+        T = idx.size(1)
+        assert T <= self.config.block_size, f"sequence of {T} tokens exceeds block_size {self.config.block_size}"
+        h = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(torch.arange(T, device=idx.device)))
+        for block in self.transformer.h[:layer + 1]:
+            h = block(h)
+        return h
+
+    def logits_from(self, h, layer):
+        """Next-token logits (B, T, vocab_size) of a plain GPT from h (B, T, d), the output of block `layer`:
+        logits_from(hidden(idx, L), L) is forward(idx) for every L. The teacher runs in these two halves."""
+        for block in self.transformer.h[layer + 1:]:
+            h = block(h)
+        return self.lm_head(self.transformer.ln_f(h))
 
     def mix_concepts(self, h, steer=None, force=False):
         """Predict concepts from h, compress them to c, and mix c into the sequence (Section 2.3)."""
@@ -251,6 +269,24 @@ class GPT(nn.Module):
                 sd[k].copy_(src)
         return model
 
+    @classmethod
+    def from_checkpoint(cls, path, device="cpu"):
+        """(model, record) from a train.py checkpoint, path being its out_dir or its ckpt.pt. record is what the
+        checkpoint holds besides the weights: "config" (the run's train.py settings), "meta" (the meta.json of
+        the dataset it learned, so its tokenizer), "model_args", "iter_num", ... Raises ValueError if the file
+        is missing or records no meta."""
+        path = path if path.endswith(".pt") else os.path.join(path, "ckpt.pt")
+        if not os.path.exists(path):
+            raise ValueError(f"{path} not found: train a model first "
+                             f"(python train.py --out_dir={os.path.dirname(path)})")
+        record = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+        if "meta" not in record:
+            raise ValueError(f"{path} records no dataset meta (an older train.py wrote it): resume it once with "
+                             "python train.py --init_from=resume, or retrain it")
+        model = cls(GPTConfig(**record["model_args"]))
+        model.load_state_dict(record.pop("model"))
+        return model.to(device), record
+
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, steer=None, force=False, vocab_size=None):
         """Sample max_new_tokens tokens after idx (B, T), feeding each prediction back in."""
         logits_fn = lambda x: self(x, steer=steer, force=force)[0]  # noqa: E731
@@ -276,6 +312,9 @@ def concept_loss(concept_logits, labels):
     logp = F.log_softmax(concept_logits.float(), dim=-1)
     return -logp.gather(-1, labels).mean()
 
+
+# What GPT.from_pretrained's models read: GPT-2's BPE (prepare.py's "gpt2" tokenizer), as our OpenWebText data
+GPT2_META = {"dataset": "openwebtext", "tokenizer": "gpt2", "vocab_size": 50257, "eot_token": 50256}
 
 # Peak dense bf16 tensor-core FLOP/s, matched against torch.cuda.get_device_name()
 PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "A10G": 125e12, "L40S": 362e12, "L4": 121e12,

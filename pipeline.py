@@ -8,6 +8,7 @@ The whole method on the embedded default, end to end, on a CPU in minutes:
 
     python pipeline.py                      # one seed
     python pipeline.py --n_seeds=3          # the README's numbers
+    python pipeline.py --help               # every key
 
 Each stage is one of the project's scripts, run as a user would run it. Finished stages are skipped and an
 interrupted training run resumes from its checkpoint, so re-running picks up where it stopped.
@@ -21,6 +22,7 @@ import time
 import torch
 
 from configurator import configure
+from prepare import prepare_command
 
 # -----------------------------------------------------------------------------
 dataset = "concepts"        # a prepared dataset; "concepts" is generated here if missing
@@ -80,12 +82,13 @@ def main():
     teacher_dir, sae_dir = f"{out_root}/teacher", f"{out_root}/sae"
     compare_dir = f"{out_root}/compare"
     if dataset == "concepts":
-        run("prepare", ["prepare.py", "--dataset", "concepts", "--out_dir", data_root],
+        run("prepare", ["prepare.py", "--dataset=concepts", f"--data_root={data_root}"],
             f"{data_root}/concepts/meta.json")
     elif not os.path.exists(f"{data_root}/{dataset}/meta.json"):
-        raise SystemExit(f"error: {data_root}/{dataset} not found: run `python prepare.py --dataset {dataset}` first")
+        data_dir = os.path.join(data_root, dataset)
+        raise SystemExit(f"error: {data_dir} not found: run `{prepare_command(data_dir)}` first")
     train("teacher", ["train.py", teacher_config, *data], teacher_dir)
-    sae("sae", ["sae.py", *([sae_config] if sae_config else []), f"--teacher={teacher_dir}"], sae_dir)
+    sae("sae", ["sae.py", *([sae_config] if sae_config else []), f"--teacher_path={teacher_dir}"], sae_dir)
     for seed in range(1, n_seeds + 1):
         student = [*data, f"--seed={seed}", f"--max_iters={max_iters}"]
         train(f"ntp seed {seed}", ["train.py", ntp_config, *student], f"{compare_dir}/ntp_s{seed}")

@@ -8,14 +8,13 @@ CoCoMix (concept descriptions come from `python concepts.py`):
     python sample.py --out_dir=out/compare/cocomix_s1 --steer=521:10 --force --compare_teacher
 """
 import os
-from contextlib import nullcontext
 
 import torch
 
-from configurator import configure
+from configurator import autocast_for, configure, resolve_device
 from concepts import load_descriptions
-from model import GPT, GPTConfig, generate
-from prepare import get_tokenizer, load_meta
+from model import GPT, GPT2_META, generate
+from prepare import get_tokenizer
 from sae import load_sae, load_teacher
 from steer import parse_steer, steer_vector, teacher_sae_logits
 
@@ -39,56 +38,46 @@ dtype = "auto"
 # -----------------------------------------------------------------------------
 
 
-def load_model(out_dir, device):
-    """(model, meta) from out_dir/ckpt.pt; meta describes the dataset (and so the tokenizer) it learned."""
-    ckpt_path = os.path.join(out_dir, "ckpt.pt")
-    if not os.path.exists(ckpt_path):
-        raise SystemExit(f"error: {ckpt_path} not found: train a model first (python train.py --out_dir={out_dir})")
-    checkpoint = torch.load(ckpt_path, map_location=device, weights_only=False)
-    model = GPT(GPTConfig(**checkpoint["model_args"]))
-    model.load_state_dict(checkpoint["model"])
-    model.train_config = cfg = checkpoint["config"]
-    return model, load_meta(os.path.join(cfg["data_root"], cfg["dataset"]))
-
-
 def concept_lines(model, y, decode, descriptions, steer=None, force=False, n=3):
     """One line per token of y (T,): the token, then the n concepts with the largest (steered) predicted logits
     there, which shape the prediction of the next token."""
     z = model(y[None, -model.config.block_size:], steer=steer, force=force)[1][0]
-    top, ids = z.topk(n, dim=-1)
+    vals, ids = z.topk(n, dim=-1)
     show = lambda j, v: f"{j} {descriptions[j]} ({v:.1f})" if j in descriptions else f"{j} ({v:.1f})"  # noqa: E731
     return [f"  {decode([t]).strip()!r:>14} -> " + ", ".join(show(j, v) for j, v in zip(js, vs))
-            for t, js, vs in zip(y[-z.size(0):].tolist(), ids.tolist(), top.tolist())]
+            for t, js, vs in zip(y[-z.size(0):].tolist(), ids.tolist(), vals.tolist())]
 
 
-def concept_tools(model, dev):
-    """What --steer, --show_concepts and --compare_teacher need of a CoCoMix model: the steering vector, the
-    concept descriptions, and (a logits function of the steering vector, block size) for its teacher + SAE."""
+def concept_tools(model, sae_path, dev):
+    """What --steer, --show_concepts and --compare_teacher need of a CoCoMix model trained on the SAE at
+    sae_path: the steering vector, the concept descriptions, and (a logits function of the steering vector,
+    block size) for its teacher + SAE. Raises ValueError for a model without concepts or a bad --steer."""
     if not model.config.n_concepts:
         raise ValueError("--show_concepts, --steer and --compare_teacher need a CoCoMix model "
                          "(train.py --mode=cocomix); this one predicts no concepts")
-    sae_path = model.train_config["sae_path"]
     steer_vec = steer_vector(parse_steer(steer, model.config.n_concepts), model.config.n_concepts, dev)
     descriptions, teacher = {}, None
     if show_concepts:
         descriptions = load_descriptions(concepts_path or os.path.join(os.path.dirname(sae_path), "concepts.json"))
     if compare_teacher:
         sae, ckpt = load_sae(sae_path, dev)
-        t = load_teacher(ckpt["teacher"], dev)
+        t = load_teacher(ckpt["teacher_path"], dev)[0]
         teacher = (lambda s: teacher_sae_logits(t, sae, ckpt["layer"], s, force), t.config.block_size)
     return steer_vec, descriptions, teacher
 
 
 def main():
-    dev = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-    dev_type = "cuda" if dev.startswith("cuda") else "cpu"
-    ptdtype = {"auto": torch.bfloat16 if dev_type == "cuda" else torch.float32, "float32": torch.float32,
-               "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    dev = resolve_device(device)
+    _, autocast = autocast_for(dev, dtype)
     torch.manual_seed(seed)
     if init_from == "resume":
-        model, meta = load_model(out_dir, dev)
+        try:
+            model, record = GPT.from_checkpoint(out_dir)
+        except ValueError as e:
+            raise SystemExit(f"error: {e}")
+        meta = record["meta"]
     else:
-        model, meta = GPT.from_pretrained(init_from), {"tokenizer": "gpt2", "eot_token": 50256}
+        model, record, meta = GPT.from_pretrained(init_from), {}, GPT2_META
     model.eval().to(dev)
     encode, decode = get_tokenizer(meta)
 
@@ -108,13 +97,12 @@ def main():
     steer_vec, descriptions = None, {}
     if show_concepts or steer or compare_teacher:
         try:
-            steer_vec, descriptions, teacher = concept_tools(model, dev)
+            steer_vec, descriptions, teacher = concept_tools(model, record.get("config", {}).get("sae_path"), dev)
         except ValueError as e:
             raise SystemExit(f"error: {e}")
         if teacher:
             models["teacher + SAE"] = teacher
-    ctx = nullcontext() if ptdtype == torch.float32 else torch.autocast(dev_type, dtype=ptdtype)
-    with ctx:
+    with autocast:
         for name, (make_logits_fn, block_size) in models.items():
             if len(models) > 1:
                 print(f"=== {name}" + (f", steered {steer}" if steer else ""))

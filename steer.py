@@ -23,9 +23,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from configurator import configure
-from model import generate, steered_topk
-from sae import load_sae, load_teacher, teacher_hidden, teacher_logits, topk_relu
+from configurator import configure, resolve_device
+from model import GPT, generate, steered_topk
+from sae import load_sae, load_teacher
 
 # -----------------------------------------------------------------------------
 out_dir = "out/compare/cocomix_s1"   # a CoCoMix student (train.py --mode=cocomix) on a concept world
@@ -66,26 +66,15 @@ def steered_sae_hidden(sae, h, steer=None, force=False):
     """h with the SAE's latents steered: h + decode(steered latents) - decode(latents), in h's space."""
     if steer is None:
         return h
-    x, mu, std = sae.preprocess(h.float())
-    pre = sae.encode_pre_act(x)
-    _, s_vals, s_idx = steered_topk(pre, sae.k, steer, force)
-    delta = sae.decode(F.relu(s_vals), s_idx) - sae.decode(*topk_relu(pre, sae.k))
-    return h + (delta * std).to(h.dtype)
+    z = sae.encode(h.float())
+    _, s_vals, s_idx = steered_topk(z.pre, sae.k, steer, force)
+    delta = sae.decode(F.relu(s_vals), s_idx) - sae.decode(z.vals, z.idx)
+    return h + (delta * z.std).to(h.dtype)
 
 
 def teacher_sae_logits(teacher, sae, layer, steer=None, force=False):
     """A logits function (for model.generate) of the teacher steered through its SAE at `layer`."""
-    return lambda idx: teacher_logits(teacher, steered_sae_hidden(sae, teacher_hidden(teacher, idx, layer),
-                                                                  steer, force), layer)
-
-
-def load_student(out_dir, device):
-    """(CoCoMix student, its dataset meta, its SAE checkpoint path)."""
-    from sample import load_model  # here, not at the top: sample.py imports this module
-    model, meta = load_model(out_dir, device)
-    if not model.config.n_concepts:
-        raise ValueError(f"{out_dir} is not a CoCoMix model (it predicts no concepts): steer a --mode=cocomix run")
-    return model, meta, model.train_config["sae_path"]
+    return lambda idx: teacher.logits_from(steered_sae_hidden(sae, teacher.hidden(idx, layer), steer, force), layer)
 
 
 def load_concepts(path):
@@ -142,13 +131,17 @@ def plot(results, planted, ax):
 
 
 def main():
-    dev = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-    student, meta, sae_path = load_student(out_dir, dev)
+    dev = resolve_device(device)
+    student, record = GPT.from_checkpoint(out_dir, dev)
+    if not student.config.n_concepts:
+        raise ValueError(f"{out_dir} is not a CoCoMix model (it predicts no concepts): steer a --mode=cocomix run")
+    student.eval()
+    meta, sae_path = record["meta"], record["config"]["sae_path"]
     if "concepts" not in meta:
         raise ValueError(f"{out_dir} was not trained on a concept world: the steering metric needs planted concepts")
     concepts = load_concepts(concepts_path or os.path.join(os.path.dirname(sae_path), "concepts.json"))
     sae, ckpt = load_sae(sae_path, dev)
-    teacher, layer = load_teacher(ckpt["teacher"], dev), ckpt["layer"]
+    teacher, layer = load_teacher(ckpt["teacher_path"], dev)[0], ckpt["layer"]
     planted, scale_list = concepts["planted"], [float(s) for s in scales.split(",") if s]
     logits_fns = {"CoCoMix": lambda steer, f: (lambda idx: student(idx, steer=steer, force=f)[0]),
                   "teacher + SAE": lambda steer, f: teacher_sae_logits(teacher, sae, layer, steer, f)}

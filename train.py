@@ -1,4 +1,4 @@
-"""
+r"""
 Pretrain a GPT by next-token prediction (mode="ntp") or with CoCoMix (mode="cocomix"), on one process or DDP.
 
 One process (the embedded default, CPU, a couple of minutes):
@@ -25,8 +25,10 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from configurator import configure
+from configurator import autocast_for, configure, resolve_device
 from model import GPT, GPTConfig
+from prepare import load_meta, prepare_command
+from sae import load_concept_extractor
 
 # -----------------------------------------------------------------------------
 # Defaults: a ~1M-parameter model on the embedded synthetic concept world, sized for 2 CPU cores.
@@ -85,16 +87,14 @@ def setup_distributed():
     return dist.get_rank(), int(os.environ["LOCAL_RANK"]), dist.get_world_size()
 
 
-if device == "auto":
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+device = resolve_device(device)
 rank, local_rank, world_size = setup_distributed()
 if world_size > 1 and device == "cuda":
     device = f"cuda:{local_rank}"
     torch.cuda.set_device(device)
 master = rank == 0
 device_type = "cuda" if device.startswith("cuda") else "cpu"
-if dtype == "auto":
-    dtype = "bfloat16" if device_type == "cuda" else "float32"
+ptdtype, autocast = autocast_for(device, dtype)
 if gradient_accumulation_steps % world_size:
     raise SystemExit(f"error: gradient_accumulation_steps={gradient_accumulation_steps} must be a multiple of "
                      f"the {world_size} processes")
@@ -105,19 +105,17 @@ warmup_iters = max(1, lr_decay_iters // 300) if warmup_iters is None else warmup
 torch.manual_seed(seed + rank)  # dropout differs per rank; data sampling below does not depend on rank
 torch.backends.cuda.matmul.allow_tf32 = True
 torch.backends.cudnn.allow_tf32 = True
-ptdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
-autocast = nullcontext() if ptdtype == torch.float32 else torch.autocast(device_type, dtype=ptdtype)
 if master:
-    print(f"{world_size} process(es), {tokens_per_iter:,} tokens per iteration, device {device}, {dtype}")
+    print(f"{world_size} process(es), {tokens_per_iter:,} tokens per iteration, device {device}, "
+          f"{str(ptdtype).removeprefix('torch.')}")
 
 # -----------------------------------------------------------------------------
 # data: the uint16 token memmaps from prepare.py
 data_dir = os.path.join(data_root, dataset)
 for split in ("train", "val"):
     if not os.path.exists(os.path.join(data_dir, f"{split}.bin")):
-        raise SystemExit(f"error: {data_dir}/{split}.bin not found: run `python prepare.py --dataset {dataset}` first")
-with open(os.path.join(data_dir, "meta.json")) as f:
-    meta = json.load(f)
+        raise SystemExit(f"error: {data_dir}/{split}.bin not found: run `{prepare_command(data_dir)}` first")
+meta = load_meta(data_dir)
 
 
 def get_batch(split, it, micro):
@@ -144,7 +142,6 @@ model_args = dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=bloc
                   vocab_size=vocab_size, dropout=dropout)
 extractor = None
 if mode == "cocomix":
-    from sae import load_concept_extractor
     try:
         extractor = load_concept_extractor(sae_path, device, k_attr=k_attr, method=concept_method)
         extractor.check_data(meta, dataset)  # the teacher must read the same tokens as the student
@@ -166,10 +163,11 @@ if init_from == "scratch":
 elif init_from == "resume":
     if not os.path.exists(ckpt_path):
         raise SystemExit(f"error: {ckpt_path} not found: train first, or drop --init_from=resume")
-    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    try:
+        model, checkpoint = GPT.from_checkpoint(ckpt_path)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}")
     model_args = checkpoint["model_args"]
-    model = GPT(GPTConfig(**model_args))
-    model.load_state_dict(checkpoint["model"])
     iter_num, best_val_loss = checkpoint["iter_num"], checkpoint["best_val_loss"]
 elif init_from.startswith("gpt2"):
     model = GPT.from_pretrained(init_from, dropout=dropout)
@@ -273,7 +271,7 @@ def save_checkpoint():
     if not master:
         return
     ckpt = {"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(), "model_args": model_args,
-            "iter_num": iter_num, "best_val_loss": best_val_loss, "config": config,
+            "iter_num": iter_num, "best_val_loss": best_val_loss, "config": config, "meta": meta,
             "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": rng_torch}}
     torch.save(ckpt, ckpt_path + ".tmp")
     os.replace(ckpt_path + ".tmp", ckpt_path)

@@ -1,5 +1,5 @@
 # The paper's 69M NTP baseline (Table 1): d=624 matches CoCoMix-69M's activated parameters.
-# 20B tokens of OpenWebText: 40k steps of 512 x 1024 tokens. Prepare with `python prepare.py --dataset openwebtext`.
+# 20B tokens of OpenWebText: 40k steps of 512 x 1024 tokens. Prepare with `python prepare.py --dataset=openwebtext`.
 # Launch: torchrun --standalone --nproc_per_node=8 train.py config/owt_ntp_69m.py
 out_dir = "out/owt_ntp_69m"
 dataset = "openwebtext"

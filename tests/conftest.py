@@ -10,10 +10,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 
-def run_script(*args, check=True, env=None):
+def run_script(*args, check=True, env=None, cwd=ROOT):
     """Run a project script as a user would; returns the CompletedProcess (stdout+stderr in .stdout)."""
     cmd = [sys.executable, *args]
-    p = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    p = subprocess.run(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                        env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
     if check and p.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed:\n{p.stdout[-3000:]}")
@@ -50,7 +50,7 @@ def tiny_run(tmp_path_factory):
     student, their comparison, concepts.json and the steering metric. Returns (root, pipeline args, its output)."""
     root = tmp_path_factory.mktemp("run")
     data_root, out_root = root / "data", root / "out"
-    run_script("prepare.py", "--n_docs", "120", "--out_dir", str(data_root))
+    run_script("prepare.py", "--n_docs=120", f"--data_root={data_root}")
     configs = {"teacher": TINY_TEACHER, "sae": TINY_SAE, "ntp": TINY_STUDENT + "n_embd = 36\n",
                "cocomix": TINY_STUDENT + 'n_embd, insert_layer, k_concepts, mode = 32, 1, 8, "cocomix"\n'}
     for name, text in configs.items():

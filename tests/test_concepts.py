@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from concepts import load_descriptions, show_context, top_activations
+from concepts import (auroc, best_latents, concept_aurocs, concept_recovery, load_descriptions, show_context,
+                      top_activations)
 from conftest import run_script
 from sae import SAE
 from steer import expresses, parse_steer, steer_vector, steered_sae_hidden, steering_success
@@ -27,6 +28,43 @@ def test_a_context_stops_at_its_documents_start_and_brackets_the_token():
     assert show_context(tokens, 5, decode, eot=3, width=8) == "c a [b]"
     assert show_context(tokens, 1, decode, eot=3, width=8) == "a [b]"
     assert show_context(tokens, 5, decode, eot=3, width=2) == "a [b]"
+
+
+def test_auroc_rank_formula_equals_counting_pairs_with_ties_as_halves():
+    rng = np.random.default_rng(0)
+    scores = torch.from_numpy(rng.integers(0, 4, (60, 3)).astype(np.float32))  # many ties
+    labels = torch.from_numpy(rng.random((60, 2)) < 0.4)
+    got = auroc(scores, labels)
+    for m in range(2):
+        for j in range(3):
+            pos, neg = scores[labels[:, m], j], scores[~labels[:, m], j]
+            pairs = (pos[:, None] > neg[None]).double() + 0.5 * (pos[:, None] == neg[None]).double()
+            assert got[m, j].item() == pytest.approx(pairs.mean().item(), abs=1e-9)
+
+
+def test_concept_recovery_finds_the_latent_planted_for_a_concept():
+    rng = np.random.default_rng(0)
+    n, n_latents = 400, 20
+    concepts = np.stack([rng.integers(0, 2, n), rng.integers(0, 3, n)], 1).astype(np.uint8)
+    drivers = rng.choice([0, 1, 255], n).astype(np.uint8)
+    idx = torch.from_numpy(rng.integers(0, 16, (n, 2)))
+    idx[:, 1] = idx[:, 0] + 1
+    vals = torch.from_numpy(rng.random((n, 2)).astype(np.float32))
+    vals[:, 1] = torch.from_numpy(rng.random(n).astype(np.float32) * 0.1)
+    idx[concepts[:, 1] == 2, 1] = 18  # latent 18 fires exactly on the documents with b=z
+    vals[concepts[:, 1] == 2, 1] = 1.0
+    factors = [{"name": "a", "values": ["x", "y"]}, {"name": "b", "values": ["x", "y", "z"]}]
+    rec = concept_recovery(concept_aurocs((vals, idx), n_latents, concepts, drivers, factors, chunk=8), factors)
+    bz = rec["concepts"][4]
+    assert (bz["name"], bz["latent"], bz["auroc"], bz["driver_latent"], bz["driver_auroc"]) == ("b=z", 18, 1.0, 18, 1.0)
+    assert len(rec["concepts"]) == 5 and rec["auroc_min"] <= rec["auroc_mean"] <= 1.0
+
+
+def test_best_latent_skips_undefined_aurocs_and_every_concept_gets_one():
+    a = torch.tensor([[0.6, float("nan"), 0.9], [float("nan")] * 3, [0.7, 0.8, float("nan")]])
+    best, latent = best_latents(a)
+    assert latent.tolist()[0::2] == [2, 1] and best[0::2].tolist() == pytest.approx([0.9, 0.8])
+    assert best[1].isnan() and 0 <= latent[1] < 3  # a concept that never occurs still gets a latent
 
 
 def test_steering_specs_parse_or_fail_with_a_message_that_says_how_to_fix_them():
@@ -93,6 +131,10 @@ def test_concepts_file_describes_every_latent_and_matches_the_planted_concepts(t
     assert live and all("[" in c["text"] and c["activation"] > 0 for lat in live for c in lat["contexts"])
     assert all(a["activation"] >= b["activation"] for lat in live for a, b in zip(lat["contexts"], lat["contexts"][1:]))
     assert len(described["planted"]) == 31 and all(0 <= c["latent"] < 64 for c in described["planted"])
+    # one best latent per planted concept: the recovery summary and the steering targets agree
+    for c, r in zip(described["planted"], described["recovery"]["concepts"]):
+        assert c["name"] == r["name"] and (r["driver_latent"] is None or r["driver_latent"] == c["latent"])
+        assert c["auroc"] == r["driver_auroc"]
     assert np.array(described["alignment"]["auroc"]).shape == (31, len(described["alignment"]["latents"]))
     assert load_descriptions(root / "out" / "sae" / "concepts.json")[0] == latents[0]["description"]
 
@@ -102,7 +144,9 @@ def test_steering_metric_writes_success_rates_per_model_and_scale(tiny_run):
     run = root / "out" / "compare" / "cocomix_s1"
     res = json.load(open(run / "steering.json"))["results"]
     assert set(res) == {"CoCoMix", "teacher + SAE"} and set(res["CoCoMix"]) == {"1.0", "-10.0", "2.0", "5.0", "10.0"}
-    assert all(len(r) == 31 and all(0 <= x <= 1 for x in r) for m in res.values() for r in m.values())
+    assert all(len(r) == 31 for m in res.values() for r in m.values())
+    # a rate is a fraction of the 2 stories (--steer_samples=2) sampled per concept
+    assert {x for m in res.values() for r in m.values() for x in r} <= {0.0, 0.5, 1.0}
     assert (run / "steering.png").read_bytes()[:4] == b"\x89PNG"
 
 

@@ -11,11 +11,12 @@ import tiktoken
 import torch
 import torch.nn.functional as F
 
+import compare
 import eval as E
 from conftest import run_script
 from model import GPT, GPTConfig
-from prepare import prepare_concepts
-from sample import load_model
+from prepare import load_planted_concepts, load_tokens, prepare_concepts
+from world import concept_probe_items
 
 # GPT-2's pre-tokenizer over single bytes: offline, and a string's tokens are simply its UTF-8 bytes
 GPT2_SPLIT = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
@@ -236,26 +237,18 @@ class CopyModel(torch.nn.Module):
         return self.scale * F.one_hot(idx, self.config.vocab_size).cumsum(1).clamp(max=1).float(), None, None
 
 
-def test_concept_probes_offer_one_word_per_factor_value_and_a_model_reading_the_context_beats_chance(tmp_path):
+def test_concept_probes_ask_the_val_split_and_a_model_that_reads_the_context_beats_chance(tmp_path):
     meta = prepare_concepts(str(tmp_path), n_docs=40, val_fraction=0.25)
     data_dir = str(tmp_path / "concepts")
-    items = E.concept_probe_items(data_dir, prefix_tokens=32, seed=1)
-    assert items == E.concept_probe_items(data_dir, prefix_tokens=32, seed=1)  # seeded
-    val = np.fromfile(os.path.join(data_dir, "val.bin"), dtype=np.uint16).tolist()
-    words = {(c["factor_index"], c["value_index"]): c["words"] for c in meta["concepts"]}
-    for it in items:
-        conts = it["continuations"]
-        assert len(conts) == len(meta["concept_factors"][it["factor"]]["values"])
-        assert len({c[0] for c in conts}) == len(conts) and all(c[1:] == conts[0][1:] for c in conts)
-        assert all(meta["itos"][c[0]] in words[it["factor"], v] for v, c in enumerate(conts))
-        assert meta["itos"][conts[0][-1]] == "."  # the rest of the sentence
-        assert meta["itos"][it["context"][-1]] not in ("a", "an")  # no grammatical hint
-        doc = it["context"][1:] + conts[it["gold"]]  # the true word is the document's own text
-        assert any(val[i:i + len(doc)] == doc for i in range(len(val) - len(doc) + 1))
-    assert {it["factor"] for it in items} == set(range(5))
+    items = concept_probe_items(load_tokens(data_dir, "val"), *load_planted_concepts(data_dir, "val"), meta, seed=1)
     res = E.concept_probes(CopyModel(meta["vocab_size"]), data_dir, seed=1)
-    assert res["n"] == len(items) and res["acc"] > res["chance"] + 0.3
+    assert res["n"] == len(items) > 20 and res["chance"] == pytest.approx(
+        np.mean([1 / len(it["continuations"]) for it in items]))
+    assert res["acc"] > res["chance"] + 0.3
     assert {f"acc_{f['name']}" for f in meta["concept_factors"]} <= set(res)
+    write_chars_data(tmp_path / "data")
+    with pytest.raises(SystemExit, match="has no planted concepts: concept_probes need the concept world"):
+        E.concept_probes(CopyModel(meta["vocab_size"]), str(tmp_path / "data" / "chars"))
 
 
 def write_chars_data(data_root):
@@ -270,8 +263,10 @@ def write_chars_data(data_root):
 
 
 def save_run(run_dir, model, data_root, dataset):
+    """A train.py out_dir: ckpt.pt (with the dataset's meta, as train.py records it) and metrics.jsonl."""
     run_dir.mkdir()
-    torch.save({"model": model.state_dict(), "model_args": asdict(model.config), "iter_num": 20,
+    meta = json.loads((data_root / dataset / "meta.json").read_text())
+    torch.save({"model": model.state_dict(), "model_args": asdict(model.config), "iter_num": 20, "meta": meta,
                 "config": {"dataset": dataset, "data_root": str(data_root)}}, run_dir / "ckpt.pt")
     with open(run_dir / "metrics.jsonl", "w") as f:
         for it in (0, 10, 20):
@@ -279,7 +274,7 @@ def save_run(run_dir, model, data_root, dataset):
     return str(run_dir)
 
 
-def test_cli_compares_plain_and_cocomix_runs_in_table_1_layout(tmp_path):
+def test_eval_then_compare_puts_plain_and_cocomix_runs_in_table_1_with_the_numbers_of_evaluate(tmp_path):
     write_chars_data(tmp_path / "data")
     task_dir = write_task_dir(tmp_path)
     runs = [save_run(tmp_path / "ntp_s1", tiny_gpt(0, 128), tmp_path / "data", "chars"),
@@ -287,23 +282,26 @@ def test_cli_compares_plain_and_cocomix_runs_in_table_1_layout(tmp_path):
     out = tmp_path / "eval"
     p = run_script("eval.py", *runs, "--tasks=val,lambada_openai,wikitext,paper", f"--task_dir={task_dir}",
                    f"--out={out}", "--device=cpu")
-    lines = p.stdout.splitlines()
+    command = p.stdout.strip().splitlines()[-1]  # eval.py ends by naming the command that makes the table
+    assert command.endswith(f"python compare.py {out / 'results.json'}")
+    lines = run_script(*command.split("python ")[-1].split()).stdout.splitlines()
     head = ("| Run | Method | Params | Val PPL (chars) | LAMB | Wiki | HellaS | PIQA | SIQA | ARC-E | WinoG | "
             "Avg PPL | Avg Acc |")
     i = lines.index(head)
     assert lines[i + 2].startswith("| ntp_s1 | NTP | ") and lines[i + 3].startswith("| cocomix_s1 | CoCoMix | ")
+    assert (out / "table.md").read_text().splitlines() == lines[i:i + 4]
     results = json.load(open(out / "results.json"))
     for run in runs:  # the same numbers as evaluating in-process, the same way for both kinds of checkpoint
-        model, meta = load_model(run, "cpu")
+        model, record = GPT.from_checkpoint(run)
         task_list = E.parse_tasks("val,piqa,wikitext", task_dir)
-        expect = E.evaluate(model.eval(), meta, task_list, str(tmp_path / "data" / "chars"))
+        expect = E.evaluate(model.eval(), record["meta"], task_list, str(tmp_path / "data" / "chars"))
         got = results[os.path.basename(run)]["tasks"]
         assert got["val"]["ppl"] == pytest.approx(expect["val"]["ppl"], rel=1e-5)
         assert got["wikitext"]["word_perplexity"] == pytest.approx(expect["wikitext"]["word_perplexity"], rel=1e-5)
         assert got["piqa"] == expect["piqa"]
         row = next(line for line in lines if line.startswith(f"| {os.path.basename(run)} |")).split(" | ")
         ppl = [got["val"]["ppl"], got["lambada_openai"]["ppl"], got["wikitext"]["word_perplexity"]]
-        assert row[-2] == E.format_ppl(np.mean(ppl))  # Avg PPL: the mean of val, LAMBADA and Wiki
+        assert row[-2] == compare.format_ppl(np.mean(ppl))  # Avg PPL: the mean of val, LAMBADA and Wiki
     for png in ("tasks.png", "curves.png"):
         assert open(out / png, "rb").read(4) == b"\x89PNG"
 

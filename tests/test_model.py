@@ -3,7 +3,7 @@ import runpy
 import pytest
 import torch
 
-from model import GPT, GPTConfig, generate, steered_topk
+from model import GPT, GPTConfig, generate, layer_norm, steered_topk
 
 TINY = dict(block_size=32, vocab_size=96, n_layer=3, n_head=2, n_embd=32)
 
@@ -56,8 +56,39 @@ def test_flops_per_token_counts_every_matmul_weight_plus_attention():
 def test_generate_appends_tokens_and_crops_context_to_block_size():
     torch.manual_seed(0)
     model = GPT(GPTConfig(**TINY)).eval()
-    out = model.generate(torch.zeros(1, 30, dtype=torch.long), max_new_tokens=10, top_k=5)
-    assert out.shape == (1, 40) and out.max() < 96
+    prompt = torch.randint(0, 96, (1, 30))
+    out = model.generate(prompt, max_new_tokens=10, top_k=1)  # top_k=1: greedy, so each token can be checked
+    assert out.shape == (1, 40) and torch.equal(out[:, :30], prompt)
+    with torch.no_grad():  # past 32 tokens (block_size) the model sees only the last 32
+        expected = [model(out[:, max(0, t - 32):t])[0][0, -1].argmax().item() for t in range(30, 40)]
+    assert out[0, 30:].tolist() == expected
+
+
+def test_the_two_halves_around_any_block_reproduce_the_forward():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(**TINY)).eval()
+    idx = torch.randint(0, 96, (2, 16))
+    with torch.no_grad():
+        for layer in range(-1, 3):
+            torch.testing.assert_close(model.logits_from(model.hidden(idx, layer), layer), model(idx)[0],
+                                       rtol=0, atol=0)
+
+
+def test_a_checkpoint_loads_with_its_weights_settings_and_dataset_meta(tmp_path):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(**TINY))
+    meta = {"dataset": "toy", "tokenizer": "chars", "vocab_size": 96}
+    torch.save({"model": model.state_dict(), "model_args": TINY, "config": {"dataset": "toy"}, "meta": meta,
+                "iter_num": 7}, tmp_path / "ckpt.pt")
+    loaded, record = GPT.from_checkpoint(str(tmp_path))
+    assert record["meta"] == meta and record["iter_num"] == 7 and "model" not in record
+    x = torch.randint(0, 96, (1, 8))
+    torch.testing.assert_close(loaded(x)[0], model(x)[0], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="not found: train a model first"):
+        GPT.from_checkpoint(str(tmp_path / "nowhere"))
+    torch.save({"model": model.state_dict(), "model_args": TINY}, tmp_path / "old.pt")
+    with pytest.raises(ValueError, match="records no dataset meta"):
+        GPT.from_checkpoint(str(tmp_path / "old.pt"))
 
 
 def test_generation_never_samples_the_ids_that_pad_the_vocabulary():
@@ -98,6 +129,35 @@ def test_paper_ntp_presets_have_the_papers_parameter_counts(preset, expected_mil
 
 def cocomix(mixing="interleave", **kw):
     return GPT(GPTConfig(**TINY, n_concepts=64, k_concepts=8, insert_layer=1, mixing=mixing, **kw))
+
+
+def test_flops_per_token_counts_twice_the_slots_after_an_interleaved_insertion():
+    model = cocomix()  # 3 blocks of width 32, concepts inserted before block 1, so 2 blocks run over 2T slots
+    d, T, C, K, V = 32, 16, 64, 8, 96
+    block = 6 * 12 * d * d  # attention (4 d^2) and MLP (8 d^2) weights, 6 FLOPs per multiply-add
+    attention = 12 * d * T  # causal attention scores and values over T slots
+    interleaved = 2 * (block + 12 * d * 2 * T)  # per token: 2 slots, each attending over 2T slots
+    by_hand = 6 * d * V + (block + attention) + 2 * interleaved + 6 * d * (C + K)  # lm_head, 1 + 2 blocks, head
+    assert model.flops_per_token(T) == by_hand
+    assert cocomix("add").flops_per_token(T) == 6 * d * V + 3 * (block + attention) + 6 * d * (C + K)
+
+
+def test_the_continuous_concept_is_mapped_back_with_the_tokens_own_mean_and_plain_std():
+    torch.manual_seed(0)
+    head = cocomix().concept_head.double()  # float64: eps (1e-5) in the de-normalisation would show at 1e-6
+    for p in head.parameters():
+        p.data.normal_(0, 0.5)
+    h = torch.randn(2, 5, 32, dtype=torch.float64) * 3 + 1
+    mu, std = h.mean(-1, keepdim=True), h.std(-1, keepdim=True)  # the official code: unbiased std, eps only in x
+    z = head.predictor((h - mu) / (std + 1e-5) - head.pre_bias)
+    top = z.topk(8, dim=-1)
+    kept = torch.zeros_like(z).scatter(-1, top.indices, top.values)
+    expected = (head.compressor(kept) + head.pre_bias) * std + mu
+    z_ours, c = head(h)
+    torch.testing.assert_close(z_ours, z)
+    torch.testing.assert_close(c, expected, rtol=1e-12, atol=1e-12)
+    x, mu_ours, std_ours = layer_norm(h)  # the SAE's input normalisation is the same function
+    torch.testing.assert_close(x * std_ours + mu_ours, h, rtol=1e-4, atol=1e-4)
 
 
 def test_compressing_the_k_kept_columns_equals_the_dense_masked_product():

@@ -1,14 +1,10 @@
-import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-import prepare  # noqa: E402
+import prepare
+from conftest import run_script
 
 PAT = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 
@@ -26,20 +22,11 @@ def concepts_dir(tmp_path_factory):
     return os.path.join(out, "concepts")
 
 
-def read_split(data_dir, split, meta):
-    tokens = np.memmap(os.path.join(data_dir, f"{split}.bin"), dtype=np.uint16, mode="r")
-    concepts, drivers = prepare.load_concept_labels(data_dir, split)
-    return tokens, concepts, drivers
+def read_split(data_dir, split):
+    return (prepare.load_tokens(data_dir, split), *prepare.load_planted_concepts(data_dir, split))
 
 
-def test_world_deterministic_per_seed():
-    a, b, c = (prepare.make_concept_world(50, s) for s in (1, 1, 2))
-    assert np.array_equal(a["tokens"], b["tokens"]) and np.array_equal(a["concepts"], b["concepts"])
-    assert not np.array_equal(a["tokens"][:500], c["tokens"][:500])
-    assert a["itos"] == c["itos"]  # the vocabulary does not depend on seed or size
-
-
-def test_files_match_meta(concepts_dir):
+def test_concept_world_files_have_the_sizes_and_vocabulary_that_meta_json_states(concepts_dir):
     meta = prepare.load_meta(concepts_dir)
     assert meta["tokenizer"] == "words" and meta["vocab_size"] == len(meta["itos"]) <= 512
     assert meta["itos"][meta["eot_token"]] == "<|endoftext|>"
@@ -51,55 +38,43 @@ def test_files_match_meta(concepts_dir):
         assert os.path.getsize(os.path.join(concepts_dir, f"{split}.bin")) == 2 * n
         assert os.path.getsize(os.path.join(concepts_dir, f"{split}_concepts.bin")) == n * n_factors
         assert os.path.getsize(os.path.join(concepts_dir, f"{split}_drivers.bin")) == n
-        tokens, _, _ = read_split(concepts_dir, split, meta)
+        tokens, _, _ = read_split(concepts_dir, split)
         assert tokens.max() < meta["vocab_size"] and tokens[-1] == meta["eot_token"]
     assert meta["val_docs"] == 15 and meta["train_docs"] == 285
     assert not [f for f in os.listdir(concepts_dir) if f.startswith(".")]  # no temp files left
 
 
-def test_concepts_align_with_tokens(concepts_dir):
+def test_planted_concepts_are_constant_per_story_and_drivers_name_the_factor_that_chose_each_word(concepts_dir):
     meta = prepare.load_meta(concepts_dir)
     words = {(c["factor_index"], c["value_index"]): set(c["words"]) for c in meta["concepts"]}
     all_concept_words = set().union(*words.values())
     for split in ("train", "val"):
-        tokens, concepts, drivers = read_split(concepts_dir, split, meta)
+        tokens, concepts, drivers = read_split(concepts_dir, split)
         eot = np.flatnonzero(tokens == meta["eot_token"])
         assert len(eot) == meta[f"{split}_docs"]
         doc_start = np.r_[0, eot[:-1] + 1]
         for s, e in zip(doc_start, eot):  # factor values are constant within a document, EOT included
             assert (concepts[s:e + 1] == concepts[s]).all()
-        assert (drivers[eot] == 255).all()
+        assert (drivers[eot] == meta["neutral_driver"]).all()
         for i in range(len(tokens)):
             w = meta["itos"][tokens[i]]
-            if drivers[i] == 255:
+            if drivers[i] == meta["neutral_driver"]:
                 assert w not in all_concept_words
             else:
                 assert w in words[(int(drivers[i]), int(concepts[i, drivers[i]]))]
-    tokens, concepts, _ = read_split(concepts_dir, "train", meta)
+    tokens, concepts, _ = read_split(concepts_dir, "train")
     assert np.unique(concepts[:, 0]).size == len(meta["concept_factors"][0]["values"])  # all topics occur
 
 
-def test_document_lengths_and_name_recurs():
-    w = prepare.make_concept_world(100, 3)
-    eot = np.flatnonzero(w["tokens"] == len(w["itos"]) - 1)
-    lengths = np.diff(np.r_[-1, eot])
-    assert lengths.min() >= 60 and lengths.max() <= 420 and 150 < lengths.mean() < 300
-    start = 0
-    for e, values in zip(eot, w["values"]):
-        name = w["factors"][2][1][values[2]]  # the hero's name appears several times in its own document
-        assert sum(w["itos"][t] == name for t in w["tokens"][start:e]) >= 3
-        start = e + 1
-
-
-def test_conditional_entropy_below_unigram(concepts_dir):
+def test_knowing_the_planted_concepts_lowers_the_entropy_of_the_words(concepts_dir):
     meta = prepare.load_meta(concepts_dir)
     assert 0 < meta["conditional_entropy_given_concepts"] < meta["unigram_entropy"] - 0.3
-    tokens, _, _ = read_split(concepts_dir, "train", meta)
+    tokens, _, _ = read_split(concepts_dir, "train")
     p = np.bincount(tokens) / len(tokens)
     assert abs(-(p[p > 0] * np.log(p[p > 0])).sum() - meta["unigram_entropy"]) < 1e-3
 
 
-def test_words_tokenizer(concepts_dir):
+def test_words_tokenizer_round_trips_the_text_and_names_an_unknown_word(concepts_dir):
     meta = prepare.load_meta(concepts_dir)
     encode, decode = prepare.get_tokenizer(meta)
     tokens = np.fromfile(os.path.join(concepts_dir, "val.bin"), dtype=np.uint16)[:500].tolist()
@@ -111,7 +86,7 @@ def test_words_tokenizer(concepts_dir):
         encode("the spaceship sailed")
 
 
-def test_text_files_chars_and_gpt2(tmp_path):
+def test_text_files_become_chars_or_gpt2_tokens_with_an_end_of_text_after_each_file(tmp_path):
     a, b = tmp_path / "a.txt", tmp_path / "b.txt"
     a.write_text("hello world\n" * 10)
     b.write_text("more text here\n" * 10)
@@ -134,7 +109,7 @@ def test_text_files_chars_and_gpt2(tmp_path):
     assert meta["eot_token"] == 256 and meta["vocab_size"] == 257
 
 
-def test_empty_and_missing_input_leave_nothing(tmp_path):
+def test_empty_or_missing_input_stops_with_a_one_line_error_and_writes_nothing(tmp_path):
     empty = tmp_path / "empty.txt"
     empty.write_text("  \n")
     out = tmp_path / "data"
@@ -143,13 +118,13 @@ def test_empty_and_missing_input_leave_nothing(tmp_path):
     with pytest.raises(SystemExit, match="not found"):
         prepare.prepare_text_files([str(tmp_path / "nope.txt")], "nope", str(out))
     assert not out.exists()
-    with pytest.raises(SystemExit, match="unknown dataset 'bogus'"):
-        prepare.main(["--dataset", "bogus", "--out_dir", str(out)])
-    with pytest.raises(SystemExit, match=r"run `python prepare.py --dataset x` first"):
+    with pytest.raises(SystemExit, match=rf"run `python prepare.py --dataset=x --data_root={out}` first"):
         prepare.load_meta(str(out / "x"))
+    with pytest.raises(SystemExit, match=r"val\.bin not found: run `python prepare.py --dataset=x --data_root="):
+        prepare.load_tokens(str(out / "x"), "val")
 
 
-def test_failed_write_cleans_up(tmp_path):
+def test_a_failed_write_leaves_no_temp_files_and_keeps_the_dataset_that_was_there(tmp_path):
     data_dir = tmp_path / "data" / "broken"
     with pytest.raises(RuntimeError):
         with prepare.staged_dir(str(data_dir)) as tmp:
@@ -167,7 +142,7 @@ def test_failed_write_cleans_up(tmp_path):
     assert sorted(os.listdir(tmp_path / "data/concepts"))[0] == "meta.json"
 
 
-def test_hf_tokenize_and_write(tmp_path):
+def test_hf_documents_are_split_and_written_in_order_each_followed_by_end_of_text(tmp_path):
     from datasets import Dataset
     docs = [f"document number {i} says hi." for i in range(20)]
     enc = tiny_encoding()
@@ -189,13 +164,39 @@ def test_hf_tokenize_and_write(tmp_path):
     assert prepare.load_meta(str(tmp_path / "tinyhf")) == meta
 
 
-def test_cli(tmp_path):
-    r = subprocess.run([sys.executable, os.path.join(ROOT, "prepare.py"), "--dataset", "concepts", "--n_docs", "200",
-                        "--out_dir", str(tmp_path / "out")], capture_output=True, text=True, cwd=tmp_path)
-    assert r.returncode == 0, r.stderr
-    assert "unigram entropy" in r.stdout and "wrote" in r.stdout
-    meta = json.loads((tmp_path / "out/concepts/meta.json").read_text())
-    assert meta["train_docs"] + meta["val_docs"] == 200
-    r = subprocess.run([sys.executable, os.path.join(ROOT, "prepare.py"), "--input", str(tmp_path / "missing.txt")],
-                       capture_output=True, text=True, cwd=tmp_path)
-    assert r.returncode == 1 and r.stderr.strip() == f"error: input file {tmp_path / 'missing.txt'} not found: check the path"
+def test_command_line_writes_the_concept_world_under_data_root_as_the_loaders_read_it(tmp_path):
+    out = tmp_path / "out"
+    p = run_script("prepare.py", "--dataset=concepts", "--n_docs=200", "--val_fraction=0.1", f"--data_root={out}")
+    assert "unigram entropy" in p.stdout and "wrote" in p.stdout
+    meta = prepare.load_meta(str(out / "concepts"))
+    assert meta["train_docs"] == 180 and meta["val_docs"] == 20
+    tokens, concepts, drivers = read_split(str(out / "concepts"), "val")
+    assert len(tokens) == len(concepts) == len(drivers) == meta["val_tokens"]
+
+
+def test_command_line_reads_comma_separated_text_files_into_a_dataset_named_after_the_first(tmp_path):
+    a, b = tmp_path / "a.txt", tmp_path / "b.txt"
+    a.write_text("first file\n" * 20)
+    b.write_text("second\n" * 20)
+    run_script("prepare.py", f"--input={a},{b}", f"--data_root={tmp_path / 'data'}")
+    meta = prepare.load_meta(str(tmp_path / "data" / "a"))
+    assert meta["tokenizer"] == "chars" and meta["train_tokens"] + meta["val_tokens"] == 11 * 20 + 7 * 20
+    assert meta["val_tokens"] == int(0.1 * (11 * 20 + 7 * 20))  # text's default val_fraction
+
+
+@pytest.mark.parametrize("args, error", [
+    (["--input={missing}"], "error: input file {missing} not found: check the path"),
+    (["--dataset=bogus"], "error: unknown dataset 'bogus': use concepts, shakespeare or openwebtext, or build one "
+                          "from local files with --input=FILE[,FILE...] --dataset=NAME"),
+    (["--n_docs=1"], "error: n_docs must be at least 2 (one train and one val document): use --n_docs=8000"),
+    (["--val_fraction=1.5"], "error: val_fraction=1.5 must be a number between 0 and 1, e.g. 0.1"),
+    (["--tokenizer=bpe"], "error: unknown tokenizer='bpe': use chars or gpt2"),
+    (["--dataset=openwebtext", "--tokenizer=chars"],
+     "error: openwebtext is prepared with the gpt2 tokenizer only: drop --tokenizer=chars"),
+], ids=["missing-file", "unknown-dataset", "too-few-docs", "bad-val-fraction", "unknown-tokenizer", "owt-chars"])
+def test_command_line_mistakes_stop_with_one_line_that_says_how_to_fix_them_and_write_nothing(tmp_path, args, error):
+    missing = tmp_path / "missing.txt"
+    args = [a.format(missing=missing) for a in args]
+    p = run_script("prepare.py", *args, f"--data_root={tmp_path / 'data'}", check=False)
+    assert p.returncode == 1 and p.stdout.strip() == error.format(missing=missing)
+    assert not (tmp_path / "data").exists()

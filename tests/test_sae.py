@@ -8,9 +8,9 @@ import torch.nn.functional as F
 
 from conftest import run_script
 from model import GPT, GPTConfig
-from sae import (SAE, ConceptExtractor, auroc, auxk_loss, check_vocab, concept_aurocs, concept_recovery, densify,
-                 fvu, layer_norm, load_concept_extractor, load_sae, sae_from_openai, teacher_hidden, teacher_logits,
-                 topk_relu)
+from model import layer_norm
+from sae import (SAE, ConceptExtractor, auxk_loss, check_vocab, densify, fvu, load_concept_extractor, load_sae,
+                 sae_from_openai, topk_relu)
 
 TEACHER = dict(block_size=16, vocab_size=24, n_layer=3, n_head=2, n_embd=32)
 
@@ -60,9 +60,9 @@ def test_reconstruction_is_in_the_input_space_whatever_its_scale_and_offset():
     sae = tiny_sae()
     h = torch.randn(10, 32)
     with torch.no_grad():
-        recon, _, vals, idx = sae(h)
-        recon2, _, vals2, idx2 = sae(7 * h + 3)
-    torch.testing.assert_close(idx2, idx)
+        recon, z = sae(h)
+        recon2, z2 = sae(7 * h + 3)
+    torch.testing.assert_close(z2.idx, z.idx)
     torch.testing.assert_close(recon2, 7 * recon + 3, atol=1e-4, rtol=1e-4)
 
 
@@ -83,33 +83,26 @@ def test_openai_state_dict_loads_and_computes_their_equations():
     c = torch.zeros_like(pre).scatter(-1, top.indices, top.values.relu())
     expected = (c @ sd["decoder.weight"].t() + sd["pre_bias"]) * std + mu
     with torch.no_grad():
-        recon, pre_ours, vals, idx = sae(h)
-    torch.testing.assert_close(pre_ours, pre, atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(densify(vals, idx, n), c, atol=1e-4, rtol=1e-4)
+        recon, z = sae(h)
+    torch.testing.assert_close(z.pre, pre, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(densify(z.vals, z.idx, n), c, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(recon, expected, atol=1e-4, rtol=1e-4)
     with pytest.raises(ValueError, match="TopK"):
         sae_from_openai(dict(sd, activation="ReLU"))
-
-
-def test_teacher_halves_around_the_layer_reproduce_the_gpt_forward():
-    teacher = tiny_teacher()
-    idx = torch.randint(0, 24, (2, 16))
-    for layer in range(3):
-        torch.testing.assert_close(teacher_logits(teacher, teacher_hidden(teacher, idx, layer), layer), teacher(idx)[0])
 
 
 def spliced_latent_gradient(teacher, sae, idx, layer):
     """Independent check: the hidden state rebuilt from leaf latents, h = (W_dec c + b_pre) * std + mu + err with
     err = h - reconstruction fixed, so that dL/dc is the gradient of the teacher's loss w.r.t. each latent."""
     with torch.no_grad():
-        h = teacher_hidden(teacher, idx, layer)
+        h = teacher.hidden(idx, layer)
         x, mu, std = layer_norm(h)
         pre = sae.encode_pre_act(x)
         c = densify(*topk_relu(pre, sae.k), sae.n_latents)
         err = h - (sae.decode_dense(c) * std + mu)
     c = c.clone().requires_grad_()
     h_spliced = (sae.decode_dense(c) * std + mu) + err
-    logits = teacher_logits(teacher, h_spliced, layer)
+    logits = teacher.logits_from(h_spliced, layer)
     loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), idx[:, 1:].flatten())
     return torch.autograd.grad(loss, c)[0], c.detach(), pre, std
 
@@ -163,36 +156,6 @@ def test_auxk_models_the_detached_residual_with_dead_latents_only():
     assert auxk_loss(sae, pre, residual, torch.zeros(64, dtype=torch.bool), 5).item() == 0
 
 
-def test_auroc_rank_formula_equals_counting_pairs_with_ties_as_halves():
-    rng = np.random.default_rng(0)
-    scores = torch.from_numpy(rng.integers(0, 4, (60, 3)).astype(np.float32))  # many ties
-    labels = torch.from_numpy(rng.random((60, 2)) < 0.4)
-    got = auroc(scores, labels)
-    for m in range(2):
-        for j in range(3):
-            pos, neg = scores[labels[:, m], j], scores[~labels[:, m], j]
-            pairs = (pos[:, None] > neg[None]).double() + 0.5 * (pos[:, None] == neg[None]).double()
-            assert got[m, j].item() == pytest.approx(pairs.mean().item(), abs=1e-9)
-
-
-def test_concept_recovery_finds_the_latent_planted_for_a_concept():
-    rng = np.random.default_rng(0)
-    n, n_latents = 400, 20
-    concepts = np.stack([rng.integers(0, 2, n), rng.integers(0, 3, n)], 1).astype(np.uint8)
-    drivers = rng.choice([0, 1, 255], n).astype(np.uint8)
-    idx = torch.from_numpy(rng.integers(0, 16, (n, 2)))
-    idx[:, 1] = idx[:, 0] + 1
-    vals = torch.from_numpy(rng.random((n, 2)).astype(np.float32))
-    vals[:, 1] = torch.from_numpy(rng.random(n).astype(np.float32) * 0.1)
-    idx[concepts[:, 1] == 2, 1] = 18  # latent 18 fires exactly on the documents with b=z
-    vals[concepts[:, 1] == 2, 1] = 1.0
-    factors = [{"name": "a", "values": ["x", "y"]}, {"name": "b", "values": ["x", "y", "z"]}]
-    rec = concept_recovery(concept_aurocs((vals, idx), n_latents, concepts, drivers, factors, chunk=8), factors)
-    bz = rec["concepts"][4]
-    assert (bz["name"], bz["latent"], bz["auroc"], bz["driver_latent"], bz["driver_auroc"]) == ("b=z", 18, 1.0, 18, 1.0)
-    assert len(rec["concepts"]) == 5 and rec["auroc_min"] <= rec["auroc_mean"] <= 1.0
-
-
 # -----------------------------------------------------------------------------
 # the script, end to end, on a tiny teacher and a tiny concept world written here
 
@@ -238,7 +201,7 @@ def teacher_and_data(tmp_path):
             "concept_factors": [{"name": "a", "values": ["x", "y"]}, {"name": "b", "values": ["x", "y", "z"]}]}
     (d / "meta.json").write_text(json.dumps(meta))
     teacher = train_briefly(tiny_teacher(), np.fromfile(d / "train.bin", dtype=np.uint16))
-    ckpt = {"model": teacher.state_dict(), "model_args": TEACHER,
+    ckpt = {"model": teacher.state_dict(), "model_args": TEACHER, "meta": meta,
             "config": {"dataset": "toyworld", "data_root": str(root)}}
     torch.save(ckpt, tmp_path / "ckpt.pt")
     return str(tmp_path / "ckpt.pt"), str(root)
@@ -249,18 +212,30 @@ SMALL = ["--n_latents=32", "--k=4", "--batch_size=256", "--buffer_tokens=1024", 
 
 
 def test_trains_saves_a_usable_checkpoint_and_resumes(teacher_and_data, tmp_path):
-    teacher_path, _ = teacher_and_data
+    teacher_path, root = teacher_and_data
     out = tmp_path / "sae"
-    p = run_script("sae.py", f"--teacher={teacher_path}", f"--out_dir={out}", "--max_tokens=20000", *SMALL)
-    assert "fvu" in p.stdout and "tokens/s" in p.stdout and "concept recovery" in p.stdout
+    p = run_script("sae.py", f"--teacher_path={teacher_path}", f"--out_dir={out}", "--max_tokens=20000", *SMALL)
+    assert "fvu" in p.stdout and "tokens/s" in p.stdout
     ckpt = torch.load(out / "sae.pt", weights_only=False)
     assert not os.path.exists(out / "sae.pt.tmp")
-    assert (ckpt["teacher"], ckpt["layer"], ckpt["k"], ckpt["n_latents"], ckpt["n_inputs"], ckpt["normalize"]) == \
+    assert (ckpt["teacher_path"], ckpt["layer"], ckpt["k"], ckpt["n_latents"], ckpt["n_inputs"], ckpt["normalize"]) == \
         (teacher_path, 1, 4, 32, 32, True)
     m = ckpt["metrics"]
-    assert m["fvu"] < 0.2 and m["l0"] <= 4 and 0 <= m["dead_frac"] < 0.5
-    assert m["loss_clean"] <= m["loss_spliced"] < m["loss_zero"] and 0.5 < m["loss_recovered"] <= 1
-    assert len(m["concept_recovery"]["concepts"]) == 5 and m["concept_recovery"]["auroc_mean"] > 0.7
+    assert m["fvu"] < 0.2 and m["l0"] > 3 and m["dead_frac"] < 0.5
+    assert m["loss_clean"] <= m["loss_spliced"] < m["loss_zero"] and m["loss_recovered"] > 0.5
+    # the metrics are those of the saved SAE on every val window (not position 0 nor end-of-text), by hand
+    sae, _ = load_sae(str(out / "sae.pt"))
+    teacher = GPT.from_checkpoint(teacher_path)[0].eval()
+    val = np.fromfile(os.path.join(root, "toyworld", "val.bin"), dtype=np.uint16).astype(np.int64)
+    n = (len(val) - 1) // 16
+    idx = torch.from_numpy(val[:n * 16].reshape(n, 16))
+    keep = (idx != 20) & (torch.arange(16) > 0)
+    with torch.no_grad():
+        h = teacher.hidden(idx, 1)
+        recon, z = sae(h)
+    h, recon = h[keep], recon[keep]
+    assert m["fvu"] == pytest.approx((((h - recon) ** 2).sum() / ((h - h.mean(0)) ** 2).sum()).item(), rel=1e-4)
+    assert m["l0"] == pytest.approx((z.vals[keep] > 0).sum(-1).float().mean().item(), rel=1e-6)
     torch.testing.assert_close(ckpt["sae"]["decoder.weight"].norm(dim=0), torch.ones(32))
 
     extractor = load_concept_extractor(str(out / "sae.pt"), "cpu", k_attr=2)
@@ -275,7 +250,7 @@ def test_trains_saves_a_usable_checkpoint_and_resumes(teacher_and_data, tmp_path
 
 def test_bad_teacher_layer_or_vocabulary_stops_with_a_one_line_error(teacher_and_data, tmp_path):
     teacher_path, root = teacher_and_data
-    bad = ["sae.py", f"--teacher={teacher_path}", f"--out_dir={tmp_path / 'x'}", *SMALL]
+    bad = ["sae.py", f"--teacher_path={teacher_path}", f"--out_dir={tmp_path / 'x'}", *SMALL]
     p = run_script(*bad, "--layer=3", check=False)
     assert p.returncode != 0 and p.stdout.strip().splitlines() == [
         "error: layer=3 is out of range: the teacher has blocks 0..2"]
@@ -331,7 +306,8 @@ def test_openai_file_becomes_a_gpt2_sae_checkpoint_named_by_its_layer(teacher_an
     p = run_script("-c", stand_in)
     assert "of the loss recovered" in p.stdout and "step " not in p.stdout  # evaluated, not trained
     ckpt = torch.load(out / "sae.pt", weights_only=False)
-    assert (ckpt["teacher"], ckpt["layer"], ckpt["k"], ckpt["n_latents"]) == ("gpt2", 1, 4, 48)
+    assert (ckpt["teacher_path"], ckpt["layer"], ckpt["k"], ckpt["n_latents"]) == ("gpt2", 1, 4, 48)
     for key in ("pre_bias", "latent_bias", "encoder.weight", "decoder.weight"):
         assert torch.equal(ckpt["sae"][key], sd[key])
-    assert 0 <= ckpt["metrics"]["fvu"] and ckpt["tokenizer"]["tokenizer"] == "gpt2"
+    m = ckpt["metrics"]  # the random weights above reconstruct badly, and splicing them in hurts the teacher
+    assert m["fvu"] > 0.5 and m["loss_spliced"] > m["loss_clean"] and ckpt["tokenizer"]["tokenizer"] == "gpt2"

@@ -73,7 +73,7 @@ def test_bad_config_gives_a_one_line_error_naming_the_key(tiny_dataset, tmp_path
 
 def test_missing_dataset_says_how_to_prepare_it(tmp_path):
     p = run_script("train.py", f"--data_root={tmp_path}", "--dataset=nowhere", "--device=cpu", check=False)
-    assert p.returncode != 0 and "run `python prepare.py --dataset nowhere`" in p.stdout.splitlines()[-1]
+    assert p.returncode != 0 and f"run `python prepare.py --dataset=nowhere --data_root={tmp_path}`" in p.stdout.splitlines()[-1]
 
 
 def test_block_size_beyond_the_models_is_refused_on_resume(tiny_dataset, tmp_path):

@@ -57,14 +57,15 @@ def test_concept_recovery_finds_the_latent_planted_for_a_concept():
     rec = concept_recovery(concept_aurocs((vals, idx), n_latents, concepts, drivers, factors, chunk=8), factors)
     bz = rec["concepts"][4]
     assert (bz["name"], bz["latent"], bz["auroc"], bz["driver_latent"], bz["driver_auroc"]) == ("b=z", 18, 1.0, 18, 1.0)
-    assert len(rec["concepts"]) == 5 and rec["auroc_min"] <= rec["auroc_mean"] <= 1.0
+    aurocs = [c["auroc"] for c in rec["concepts"]]  # every concept occurs here: the summary covers all five
+    assert rec["auroc_mean"] == pytest.approx(np.mean(aurocs)) and rec["auroc_min"] == pytest.approx(min(aurocs))
 
 
 def test_best_latent_skips_undefined_aurocs_and_every_concept_gets_one():
     a = torch.tensor([[0.6, float("nan"), 0.9], [float("nan")] * 3, [0.7, 0.8, float("nan")]])
     best, latent = best_latents(a)
     assert latent.tolist()[0::2] == [2, 1] and best[0::2].tolist() == pytest.approx([0.9, 0.8])
-    assert best[1].isnan() and 0 <= latent[1] < 3  # a concept that never occurs still gets a latent
+    assert best[1].isnan() and latent.shape == (3,)  # a concept that never occurs still gets a latent
 
 
 def test_steering_specs_parse_or_fail_with_a_message_that_says_how_to_fix_them():
@@ -130,7 +131,11 @@ def test_concepts_file_describes_every_latent_and_matches_the_planted_concepts(t
     live = [lat for lat in latents if lat["contexts"]]
     assert live and all("[" in c["text"] and c["activation"] > 0 for lat in live for c in lat["contexts"])
     assert all(a["activation"] >= b["activation"] for lat in live for a, b in zip(lat["contexts"], lat["contexts"][1:]))
-    assert len(described["planted"]) == 31 and all(0 <= c["latent"] < 64 for c in described["planted"])
+    assert len(described["planted"]) == 31
+    shown, a = described["alignment"]["latents"], np.array(described["alignment"]["auroc"])
+    for row, c in zip(a, described["planted"]):  # each concept's latent is the best of those shown for it
+        if c["auroc"] is not None:
+            assert row[shown.index(c["latent"])] == pytest.approx(c["auroc"]) == pytest.approx(row.max())
     # one best latent per planted concept: the recovery summary and the steering targets agree
     for c, r in zip(described["planted"], described["recovery"]["concepts"]):
         assert c["name"] == r["name"] and (r["driver_latent"] is None or r["driver_latent"] == c["latent"])

@@ -20,6 +20,7 @@ refuses to run. The Hub's automatic parquet conversion of the same repo (revisio
 the same documents as plain parquet and loads with current versions, so that is what we read.
 """
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -109,6 +110,13 @@ def staged_dir(data_dir):
 def write_meta(tmp, meta):
     with open(tmp("meta.json"), "w") as f:
         json.dump(meta, f, indent=1)
+
+
+def fingerprint(meta):
+    """A 16-hex-digit hash of a dataset's meta.json content (keys sorted). Checkpoints record it, so that a
+    reader can tell a dataset re-prepared under the same name (another text, another tokenizer) from the one
+    the checkpoint learned."""
+    return hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def prepare_command(data_dir):

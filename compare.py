@@ -40,12 +40,32 @@ def run_name(run_dir):
     return (method, int(seed)) if sep and method and seed.isdigit() else (name, None)
 
 
+def metrics_row(line):
+    """A metrics.jsonl line as a dict, or None if it is not a train.py evaluation row."""
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return None
+    return row if isinstance(row, dict) and {"tokens", "val_loss"} <= row.keys() else None
+
+
 def read_metrics(run_dir):
+    """The evaluation rows of a train.py out_dir; a one-line error naming the file (and the line) if they cannot
+    make a curve."""
     path = os.path.join(run_dir, "metrics.jsonl")
-    if not os.path.exists(path):
+    if not os.path.isfile(path):
         raise SystemExit(f"error: {path} not found: is {run_dir} a train.py out_dir?")
-    with open(path) as f:
-        return [json.loads(line) for line in f]
+    rows = []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for i, line in enumerate(f, 1):
+            rows.append(metrics_row(line))
+            if rows[-1] is None:
+                raise SystemExit(f"error: {path} line {i} is not a train.py metrics row (JSON with tokens and "
+                                 "val_loss): the file is damaged; resume or retrain the run to rewrite it")
+    if not rows:
+        raise SystemExit(f"error: {path} is empty: the run has not evaluated yet; resume it with "
+                         "python train.py --init_from=resume, or move it out of the way")
+    return rows
 
 # -----------------------------------------------------------------------------
 # training runs: curves, the training table, tokens to reach the baseline
@@ -225,8 +245,9 @@ def plot_tasks(results, path):
 # -----------------------------------------------------------------------------
 
 
-def compare_training(root):
-    groups = group_runs(root)
+def compare_training(root, run_dirs=None):
+    """compare.md and compare.png in root, of the runs <method>_s<seed> in it, or of run_dirs only."""
+    groups = group_runs(root) if run_dirs is None else by_method(run_dirs)
     table = training_table(summarize(groups, baseline), baseline)
     with open(os.path.join(root, "compare.md"), "w") as f:
         f.write(table + "\n")
@@ -235,11 +256,24 @@ def compare_training(root):
     print(f"wrote {root}/compare.md and {root}/compare.png")
 
 
-def compare_evaluations(path):
-    with open(path) as f:
-        results = json.load(f)
+def read_results(path):
+    """eval.py's results.json ({run name: entry}); a one-line error if it is not one."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            results = json.load(f)
+    except ValueError as e:
+        raise SystemExit(f"error: {path} is not JSON ({e}): write it again with python eval.py RUN_DIR [...]")
+    entry = {"run", "method", "params", "dataset", "tasks"}
+    if not isinstance(results, dict) or not all(isinstance(r, dict) and entry <= r.keys() for r in results.values()):
+        raise SystemExit(f"error: {path} is not an eval.py results.json (each run needs {', '.join(sorted(entry))}): "
+                         "write it with python eval.py RUN_DIR [...]")
     if not results:
         raise SystemExit(f"error: {path} holds no runs: evaluate some with python eval.py RUN_DIR [RUN_DIR ...]")
+    return results
+
+
+def compare_evaluations(path):
+    results = read_results(path)
     out = os.path.dirname(path) or "."
     table = table1(results)
     with open(os.path.join(out, "table.md"), "w") as f:

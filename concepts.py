@@ -17,8 +17,9 @@ import torch
 import torch.nn.functional as F
 
 from configurator import configure, resolve_device
-from prepare import get_tokenizer, load_meta, load_planted_concepts
-from sae import evaluate_sae, load_sae, load_teacher
+from model import check_trained_on
+from prepare import get_tokenizer, load_meta, load_planted_concepts, load_tokens
+from sae import check_vocab, evaluate_sae, load_sae_and_teacher, tokenizer_of
 
 # -----------------------------------------------------------------------------
 sae_path = "out/sae/sae.pt"
@@ -101,9 +102,23 @@ def concept_recovery(aurocs, factors):
 
 
 # -----------------------------------------------------------------------------
+# the SAE and the data it is read on
+
+def concepts_file(sae_path):
+    """Where concepts.json of the SAE at sae_path (its sae.pt or its out_dir) lies: next to the sae.pt."""
+    return os.path.join(sae_path if os.path.isdir(sae_path) else os.path.dirname(sae_path), "concepts.json")
+
+
+def check_sae_data(ckpt, sae_path, teacher, record, data_dir):
+    """Raise ValueError unless data_dir holds the dataset the SAE (its ckpt) was trained on, unchanged since; an
+    SAE that records none (an OpenAI SAE saved unevaluated) needs a dataset with its teacher's tokenizer."""
+    if ckpt.get("data_fingerprint"):
+        return check_trained_on(ckpt, data_dir, sae_path)
+    check_vocab(teacher, tokenizer_of(record["meta"]), load_meta(data_dir), ckpt["dataset"])
+
+
+# -----------------------------------------------------------------------------
 # describing each latent
-
-
 
 def top_activations(vals, idx, where, n_latents, n):
     """For each latent, the val positions of its n largest activations, largest first: a list of
@@ -128,10 +143,14 @@ def show_context(tokens, p, decode, eot, width):
 def describe(sae_path, eval_tokens, n_contexts, context, match_auroc, device):
     """The concepts.json content: one entry per latent, and on a concept world the planted concepts with the
     latent that detects each best, the alignment matrix and the recovery summary (concept_recovery)."""
-    sae, ckpt = load_sae(sae_path, device)
-    teacher = load_teacher(ckpt["teacher_path"], device)[0]
+    sae, ckpt, teacher, record = load_sae_and_teacher(sae_path, device)
     data_dir = os.path.join(ckpt["data_root"], ckpt["dataset"])
+    check_sae_data(ckpt, sae_path, teacher, record, data_dir)
     meta, val_path = load_meta(data_dir), os.path.join(data_dir, "val.bin")
+    n_val = len(load_tokens(data_dir, "val"))
+    if min(eval_tokens, n_val - 1) < ckpt["block_size"]:  # evaluate_sae reads whole windows
+        raise ValueError(f"no window of {ckpt['block_size']} tokens to read the latents on ({val_path} has {n_val} "
+                         f"tokens, eval_tokens={eval_tokens}): raise --eval_tokens, or prepare more val data")
     eot, (_, decode) = meta.get("eot_token"), get_tokenizer(meta)
     metrics, (vals, idx), where = evaluate_sae(sae, teacher, ckpt["layer"], val_path, eot, ckpt["block_size"],
                                                eval_tokens, device)
@@ -172,9 +191,14 @@ def describe(sae_path, eval_tokens, n_contexts, context, match_auroc, device):
 
 def load_descriptions(path):
     """{latent id: short description} from a concepts.json."""
-    if not os.path.exists(path):
+    if not os.path.isfile(path):
         raise ValueError(f"{path} not found: describe the SAE's concepts first with `python concepts.py`")
-    return {lat["id"]: lat["description"] for lat in json.load(open(path))["latents"]}
+    try:
+        with open(path, encoding="utf-8") as f:
+            return {lat["id"]: lat["description"] for lat in json.load(f)["latents"]}
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path} is damaged or not a concepts.json ({type(e).__name__}: {e}): describe the SAE "
+                         "again with python concepts.py") from None
 
 
 def plot_alignment(described, ax):
@@ -211,8 +235,16 @@ def plot_labels(words, labels, described, ax, per_line=12):
 
 
 def main():
+    for key, value, low in (("eval_tokens", eval_tokens, 1), ("n_contexts", n_contexts, 0), ("context", context, 1)):
+        if value < low:
+            raise ValueError(f"{key}={value} must be at least {low}")
+    if not 0 <= match_auroc <= 1:
+        raise ValueError(f"match_auroc={match_auroc} must be an AUROC, between 0 and 1 (e.g. 0.75)")
     dev = resolve_device(device)
-    path = out or os.path.join(os.path.dirname(sae_path), "concepts.json")
+    path = out or concepts_file(sae_path)
+    if out and (os.path.isdir(out) or not os.path.isdir(os.path.dirname(out) or ".")):
+        raise ValueError(f"cannot write --out={out}: name a file in an existing directory, e.g. "
+                         f"--out={os.path.join(out if os.path.isdir(out) else '.', 'concepts.json')}")
     result = describe(sae_path, eval_tokens, n_contexts, context, match_auroc, dev)
     with open(path + ".tmp", "w") as f:
         json.dump(result, f, indent=1)

@@ -14,6 +14,7 @@ Tasks: val, concept_probes, lambada_openai, wikitext, hellaswag, piqa, social_iq
 follow lm-eval's zero-shot defaults. For the full harness, make_lm_eval_model() wraps a checkpoint as an
 lm_eval LM (or pass --harness=task,task).
 """
+import importlib.util
 import json
 import math
 import os
@@ -26,7 +27,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from configurator import autocast_for, configure, resolve_device
-from model import GPT
+from model import GPT, check_trained_on
 from prepare import get_tokenizer, load_meta, load_planted_concepts, load_tokens
 from world import concept_probe_items
 
@@ -70,8 +71,10 @@ def loglikelihoods(model, requests, batch_size=16, autocast=nullcontext(), desc=
     T = model.config.block_size
     dev = next(model.parameters()).device
     rows = []
-    for context, continuation in requests:
-        assert len(context) and len(continuation), "a request needs a context token and a continuation"
+    for i, (context, continuation) in enumerate(requests):
+        if not len(context) or not len(continuation):
+            raise ValueError(f"request {i} has no {'context' if not len(context) else 'continuation'} token: "
+                             "each needs a context token and a continuation token")
         seq = (list(context) + list(continuation))[-(T + 1):]
         rows.append((seq[:-1], seq[-min(len(continuation), T):]))
     order = sorted(range(len(rows)), key=lambda i: -len(rows[i][0]))
@@ -117,6 +120,9 @@ def val_perplexity(model, data_dir, split="val", **kw):
     """Perplexity over a whole split in non-overlapping block_size windows, as the paper's OWT number.
     Token-weighted: equal to the paper's mean of per-window losses when the last window is full too."""
     data = np.asarray(load_tokens(data_dir, split), dtype=np.int64)
+    if len(data) < 2:
+        raise SystemExit(f"error: {data_dir}/{split}.bin holds {len(data)} token(s): perplexity needs at least 2; "
+                         "prepare more data")
     T = model.config.block_size
     reqs = [(data[a - 1:a].tolist(), data[a:a + T].tolist()) for a in range(1, len(data), T)]
     nll = -sum(ll for ll, _ in loglikelihoods(model, reqs, desc=f"{split} perplexity", **kw)) / (len(data) - 1)
@@ -132,13 +138,16 @@ def load_docs(task, path=None, limit=0):
     source = path or f"{hub} ({split})"
     if path:
         if not os.path.isfile(path):
-            raise SystemExit(f"error: task file {path} not found: give --task_dir=DIR holding {task}.jsonl")
+            what = "is a directory, not a file" if os.path.isdir(path) else "not found"
+            raise SystemExit(f"error: task file {path} {what}: give --task_dir=DIR holding {task}.jsonl")
         rows = []
-        for i, line in enumerate(open(path, encoding="utf-8"), 1):
-            try:
+        try:
+            for i, line in enumerate(open(path, encoding="utf-8"), 1):
                 rows += [json.loads(line)] if line.strip() else []
-            except json.JSONDecodeError:
-                raise SystemExit(f"error: {path} line {i} is not JSON: task files hold one JSON object per line")
+        except json.JSONDecodeError:
+            raise SystemExit(f"error: {path} line {i} is not JSON: task files hold one JSON object per line")
+        except UnicodeDecodeError:
+            raise SystemExit(f"error: {path} is not UTF-8 text: task files hold one JSON object per line")
     else:
         from datasets import load_dataset
         try:
@@ -195,6 +204,16 @@ def multiple_choice(task, doc):
     return [(context, " " + a) for a in answers], gold, answers
 
 
+def check_scorable(task, row, pairs, strings):
+    """Stop, naming the row, if a (context, continuation) string pair encoded to no context or no continuation
+    tokens: there would be nothing to condition on or nothing to score."""
+    for (ctx, cont), (context, continuation) in zip(pairs, strings):
+        if not ctx or not cont:
+            part, text = ("context", context) if not ctx else ("continuation", continuation)
+            raise SystemExit(f"error: {task} row {row}: the {part} {text!r} encodes to no tokens with this "
+                             "checkpoint's tokenizer, so it cannot be scored: fix or drop the row")
+
+
 def run_task(model, task, docs, encode, prefix, **kw):
     """Score one task's rows. Multiple choice: acc (argmax of summed log-likelihoods) and acc_norm (divided
     by the answer's length in characters); LAMBADA: perplexity and greedy accuracy of the last word;
@@ -204,7 +223,8 @@ def run_task(model, task, docs, encode, prefix, **kw):
         try:
             if task == "lambada_openai":
                 context, _, word = doc["text"].rpartition(" ")
-                pairs, extra = [encode_pair(encode, context, " " + word, prefix)], None
+                strings, extra = [(context, " " + word)], None
+                pairs = [encode_pair(encode, *strings[0], prefix)]
             elif task == "wikitext":
                 pairs = rolling_requests(encode(wikitext_detokenize(doc["page"])), prefix, T)
                 extra = (len(re.split(r"\s+", doc["page"])), len(doc["page"].encode("utf-8")))
@@ -218,6 +238,8 @@ def run_task(model, task, docs, encode, prefix, **kw):
                                  f"evaluate a checkpoint trained with the gpt2 tokenizer (e.g. on openwebtext)")
             raise SystemExit(f"error: {task} row {i} is malformed ({type(e).__name__}: {e}): rows must look like "
                              f"{TASKS[task][0]}'s")
+        if task != "wikitext":  # rolling windows are never empty
+            check_scorable(task, i, pairs, strings)
         spans.append((len(reqs), len(pairs), extra))
         reqs += pairs
     scores = loglikelihoods(model, reqs, desc=task, **kw)
@@ -291,10 +313,15 @@ def check_same_tokenizer(meta, data_dir):
     return data_meta
 
 
+def tokenizer_size(meta, enc=None):
+    """The number of token ids the tokenizer can decode (enc: the offline tiktoken Encoding of the tests)."""
+    return enc.n_vocab if enc is not None and meta["tokenizer"] == "gpt2" else meta["vocab_size"]
+
+
 def evaluate(model, meta, task_list, data_dir=None, enc=None, limit=0, probe_prefix=32, seed=1337, **kw):
     """{task: {metric: value}} for one model. meta is the checkpoint's dataset meta (its tokenizer),
     data_dir the prepared dataset for val and concept_probes; enc an offline tiktoken Encoding for tests."""
-    n = enc.n_vocab if enc is not None and meta["tokenizer"] == "gpt2" else meta["vocab_size"]
+    n = tokenizer_size(meta, enc)
     if n > model.config.vocab_size:  # a token the model has no output for
         raise SystemExit(f"error: the tokenizer has {n} tokens but the checkpoint's vocabulary only "
                          f"{model.config.vocab_size}: evaluate with the tokenizer the checkpoint was trained with")
@@ -323,6 +350,7 @@ def make_lm_eval_model(model, meta, enc=None, batch_size=16, autocast=nullcontex
         raise SystemExit("error: the lm-eval adapter needs lm-evaluation-harness: pip install lm_eval")
     encode, decode = get_tokenizer(meta, enc)
     prefix, kw = meta.get("eot_token"), dict(batch_size=batch_size, autocast=autocast)
+    n_vocab = tokenizer_size(meta, enc)  # never generate the ids that pad the model's vocabulary
 
     class CocomixLM(LM):
         def loglikelihood(self, requests):
@@ -340,8 +368,8 @@ def make_lm_eval_model(model, meta, enc=None, batch_size=16, autocast=nullcontex
                 until = [until] if isinstance(until, str) else until
                 ids = encode(context) or [prefix]
                 x = torch.tensor(ids, device=next(model.parameters()).device)[None, -model.config.block_size:]
-                with autocast:  # top_k=1 makes sampling greedy
-                    y = model.generate(x, gen_kwargs.get("max_gen_toks", 256), top_k=1)
+                with autocast:  # greedy, as lm-eval's default for generation tasks
+                    y = model.generate(x, gen_kwargs.get("max_gen_toks", 256), temperature=0, vocab_size=n_vocab)
                 text = decode(y[0, x.size(1):].tolist())
                 outputs.append(text[:min([text.index(s) for s in until if s in text] or [len(text)])])
             return outputs
@@ -362,8 +390,16 @@ def evaluate_run(run, dev):
         raise SystemExit(f"error: {e}")
     model.eval()
     cfg, meta = record["config"], record["meta"]
+    own_dir = os.path.join(cfg["data_root"], cfg["dataset"])
     data_dir = os.path.join(data_root or cfg["data_root"], dataset or cfg["dataset"])
-    data_meta = check_same_tokenizer(meta, data_dir)
+    if os.path.realpath(data_dir) == os.path.realpath(own_dir):  # its own data: unchanged since it learned it
+        try:
+            check_trained_on(record, data_dir, run)
+        except ValueError as e:
+            raise SystemExit(f"error: {e}")
+        data_meta = load_meta(data_dir)
+    else:  # another dataset: read with the same tokenizer
+        data_meta = check_same_tokenizer(meta, data_dir)
     method, params = "CoCoMix" if model.config.n_concepts else "NTP", model.get_num_params(activated=True)
     print(f"{run}: {method}, {params:,} activated parameters, iteration {record['iter_num']}, {precision} on {dev}")
     kw = dict(batch_size=batch_size, autocast=autocast)
@@ -377,11 +413,24 @@ def evaluate_run(run, dev):
             "dataset": data_meta["dataset"], "dtype": precision, "tasks": res}
 
 
+def check_settings():
+    """Refuse settings that cannot evaluate, before any checkpoint is read."""
+    for key, value, low in (("limit", limit, 0), ("batch_size", batch_size, 1), ("probe_prefix", probe_prefix, 1)):
+        if value < low:
+            raise SystemExit(f"error: {key}={value} must be at least {low}")
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise SystemExit(f"error: --out={out} is a file: give the directory to write results.json into")
+    if harness and importlib.util.find_spec("lm_eval") is None:
+        raise SystemExit("error: --harness needs lm-evaluation-harness: pip install lm_eval")
+    autocast_for("cpu", dtype)  # an unknown dtype stops here
+
+
 def main():
     run_dirs = [r for r in runs.split(",") if r]
     if not run_dirs:
         raise SystemExit("error: no runs to evaluate: python eval.py RUN_DIR [RUN_DIR ...] [--tasks=...] "
                          "(--help lists the keys)")
+    check_settings()
     dev = resolve_device(device)
     results = {}
     for run in run_dirs:
@@ -389,8 +438,9 @@ def main():
         results[os.path.normpath(run) if name in results else name] = evaluate_run(run, dev)
     os.makedirs(out, exist_ok=True)
     path = os.path.join(out, "results.json")
-    with open(path, "w") as f:
+    with open(path + ".tmp", "w") as f:  # then renamed: a kill leaves the old results.json, not half a new one
         json.dump(results, f, indent=1, default=str)
+    os.replace(path + ".tmp", path)
     print(f"wrote {path}")
     print(f"Table 1 and its plots: python compare.py {path}")
 

@@ -15,6 +15,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from prepare import fingerprint, load_meta
+
 
 class CausalSelfAttention(nn.Module):
 
@@ -274,17 +276,27 @@ class GPT(nn.Module):
         """(model, record) from a train.py checkpoint, path being its out_dir or its ckpt.pt. record is what the
         checkpoint holds besides the weights: "config" (the run's train.py settings), "meta" (the meta.json of
         the dataset it learned, so its tokenizer), "model_args", "iter_num", ... Raises ValueError if the file
-        is missing or records no meta."""
-        path = path if path.endswith(".pt") else os.path.join(path, "ckpt.pt")
+        is missing, damaged, of another kind (an SAE), or records no meta."""
+        if not (path.endswith(".pt") or os.path.isfile(path)):
+            path = os.path.join(path, "ckpt.pt")
         if not os.path.exists(path):
             raise ValueError(f"{path} not found: train a model first "
                              f"(python train.py --out_dir={os.path.dirname(path)})")
-        record = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+        fix = "give a train.py out_dir or its ckpt.pt, or retrain it if it was damaged"
+        record = load_record(path, "a train.py checkpoint", fix)
+        if "sae" in record:
+            raise ValueError(f"{path} is an SAE (sae.py), not a train.py checkpoint: {fix}")
+        if "model" not in record or "model_args" not in record:
+            raise ValueError(f"{path} is damaged or not a train.py checkpoint (it holds no model): {fix}")
         if "meta" not in record:
             raise ValueError(f"{path} records no dataset meta (an older train.py wrote it): resume it once with "
                              "python train.py --init_from=resume, or retrain it")
-        model = cls(GPTConfig(**record["model_args"]))
-        model.load_state_dict(record.pop("model"))
+        try:
+            model = cls(GPTConfig(**record["model_args"]))
+            model.load_state_dict(record.pop("model"))
+        except (TypeError, AssertionError, RuntimeError) as e:  # settings or weights of another model
+            reason = "its weights do not fit its model_args" if isinstance(e, RuntimeError) else short(e)
+            raise ValueError(f"{path} is damaged or not a train.py checkpoint ({reason}): {fix}") from None
         return model.to(device), record
 
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, steer=None, force=False, vocab_size=None):
@@ -296,14 +308,61 @@ class GPT(nn.Module):
 @torch.no_grad()
 def generate(logits_fn, idx, max_new_tokens, block_size, temperature=1.0, top_k=None, vocab_size=None):
     """Autoregressive sampling from any model that maps idx (B, T <= block_size) to logits (B, T, V).
+    temperature=0 decodes greedily; top_k=None or 0 keeps every token.
     vocab_size: the tokenizer's, to never sample the ids that pad the model's vocabulary."""
     for _ in range(max_new_tokens):
-        logits = logits_fn(idx[:, -block_size:])[:, -1, :vocab_size] / temperature
-        if top_k is not None:
-            v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
-            logits[logits < v[:, [-1]]] = -float("inf")
-        idx = torch.cat((idx, torch.multinomial(F.softmax(logits, dim=-1), num_samples=1)), dim=1)
+        logits = logits_fn(idx[:, -block_size:])[:, -1, :vocab_size]
+        if temperature == 0:
+            next_id = logits.argmax(-1, keepdim=True)
+        else:
+            logits = logits / temperature
+            if top_k:
+                v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
+                logits[logits < v[:, [-1]]] = -float("inf")
+            next_id = torch.multinomial(F.softmax(logits, dim=-1), num_samples=1)
+        idx = torch.cat((idx, next_id), dim=1)
     return idx
+
+
+def check_trained_on(record, data_dir, path):
+    """Raise ValueError unless data_dir holds the dataset that the checkpoint at path (its record) learned:
+    a dataset re-prepared under the same name (another text, another tokenizer) must not pass for it."""
+    want = record.get("data_fingerprint") or fingerprint(record["meta"])
+    got = fingerprint(load_meta(data_dir))
+    if got != want:
+        source = record.get("meta", {}).get("source")
+        raise ValueError(f"{os.path.join(data_dir, 'meta.json')} was re-prepared since {path} was trained "
+                         f"(its fingerprint is {got}, the checkpoint's {want}): retrain on the new data, or prepare "
+                         "the data the checkpoint learned again" + (f" ({source})" if source else ""))
+
+
+def load_record(path, what, fix):
+    """The dict that torch.save wrote at path (tensors memory-mapped, so a large file costs little), or a
+    one-line ValueError saying why it cannot be `what`: a directory, an empty, foreign or damaged file (a disk
+    that filled up during a save truncates it). fix: how to get a good one."""
+    if os.path.isdir(path):
+        raise ValueError(f"{path} is a directory, not {what}: {fix}")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as e:
+        raise ValueError(f"{path} cannot be read ({e.strerror}): check its permissions") from None
+    if head != b"PK\x03\x04":  # torch.save writes a zip archive
+        reason = "the file is empty" if not head else "not a torch.save file"
+        raise ValueError(f"{path} is damaged or not {what} ({reason}): {fix}")
+    try:
+        record = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    except Exception as e:  # torch.load has no error type of its own: any failure here means a bad file
+        raise ValueError(f"{path} is damaged or not {what} (cut short or corrupt: {short(e)}): {fix}") from None
+    if not isinstance(record, dict):
+        raise ValueError(f"{path} is damaged or not {what} (it holds a {type(record).__name__}): {fix}")
+    return record
+
+
+def short(e):
+    """An exception's first sentence, for a one-line message."""
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return first.split(". ")[0][:120]
 
 
 def concept_loss(concept_logits, labels):

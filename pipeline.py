@@ -10,16 +10,23 @@ The whole method on the embedded default, end to end, on a CPU in minutes:
     python pipeline.py --n_seeds=3          # the README's numbers
     python pipeline.py --help               # every key
 
-Each stage is one of the project's scripts, run as a user would run it. Finished stages are skipped and an
-interrupted training run resumes from its checkpoint, so re-running picks up where it stopped.
+Each stage is one of the project's scripts, run as a user would run it, and it stops when the pipeline stops
+(even by kill -9). Each records a stamp next to its outputs (<script>.stamp.json): its command and what it read
+(config files and meta.json by content, checkpoints by size and time). Re-running skips a stage only if its
+outputs are all there and its stamp matches, resumes an interrupted training run with the same settings from its
+checkpoint, and runs a stage again from the start when its settings or inputs changed: --max_iters=20 after
+--max_iters=10 retrains the students, a retrained teacher retrains the SAE and all that depends on it. A run the
+pipeline has no stamp for (made by hand, or by an older pipeline) is refused, never replaced.
 Everything lands under out_root.
 """
+import ctypes
+import hashlib
+import json
 import os
+import signal
 import subprocess
 import sys
 import time
-
-import torch
 
 from configurator import configure
 from prepare import prepare_command
@@ -38,72 +45,157 @@ steer_samples = 8           # stories per planted concept and scale in the steer
 # -----------------------------------------------------------------------------
 
 
-def run(stage, args, done_file):
-    """Run one stage unless its output exists; stream its output, stop the pipeline if it fails."""
-    if os.path.exists(done_file):
-        print(f"== {stage}: {done_file} exists, skipping")
-        return
-    execute(stage, args)
+def death_signal():
+    """A preexec_fn for a stage's Popen on Linux (None elsewhere): the kernel sends the stage SIGTERM when the
+    pipeline dies, even by kill -9, which no finally clause survives. libc is loaded here, in the pipeline, so
+    that the forked child only makes a system call before its script starts."""
+    if not sys.platform.startswith("linux"):
+        return None
+    libc, parent = ctypes.CDLL(None, use_errno=True), os.getpid()
 
-
-def train(stage, args, out_dir):
-    """A train.py stage: skipped if its checkpoint reached max_iters, resumed if it stopped before."""
-    ckpt_path = os.path.join(out_dir, "ckpt.pt")
-    if os.path.exists(ckpt_path):
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        if ckpt["iter_num"] >= ckpt["config"]["max_iters"]:
-            print(f"== {stage}: {out_dir} finished, skipping")
-            return
-        args = [*args, "--init_from=resume"]
-    execute(stage, [*args, f"--out_dir={out_dir}"])
-
-
-def sae(stage, args, out_dir):
-    """An sae.py stage: skipped if finished (metrics are written last), resumed if it stopped before."""
-    path = os.path.join(out_dir, "sae.pt")
-    if os.path.exists(path):
-        if torch.load(path, map_location="cpu", weights_only=False)["metrics"] is not None:
-            print(f"== {stage}: {path} finished, skipping")
-            return
-        args = [*args, "--init_from=resume"]
-    execute(stage, [*args, f"--out_dir={out_dir}"])
+    def set_death_signal():
+        libc.prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the pipeline died before prctl took effect
+            os.kill(os.getpid(), signal.SIGTERM)
+    return set_death_signal
 
 
 def execute(stage, args):
+    """Run `python args` as one stage, streaming its output; stop the pipeline if it fails. The stage stops
+    with the pipeline: by the kernel on Linux (death_signal), and wherever the pipeline exits through Python
+    (an error, Ctrl-C, SIGTERM) by the finally clause."""
     print(f"== {stage}: python {' '.join(args)}", flush=True)
     t0 = time.time()
-    if subprocess.run([sys.executable, *args]).returncode != 0:
+    proc = subprocess.Popen([sys.executable, *args], preexec_fn=death_signal())
+    try:
+        returncode = proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    if returncode != 0:
         raise SystemExit(f"error: stage '{stage}' failed (see its output above); fix it and re-run the pipeline")
     print(f"== {stage}: done in {time.time() - t0:.0f}s", flush=True)
 
 
-def main():
-    data = [f"--dataset={dataset}", f"--data_root={data_root}"]
-    teacher_dir, sae_dir = f"{out_root}/teacher", f"{out_root}/sae"
-    compare_dir = f"{out_root}/compare"
-    if dataset == "concepts":
-        run("prepare", ["prepare.py", "--dataset=concepts", f"--data_root={data_root}"],
-            f"{data_root}/concepts/meta.json")
-    elif not os.path.exists(f"{data_root}/{dataset}/meta.json"):
+def identity(path):
+    """What a stamp records of a file a stage reads: small text files (config files, meta.json, concepts.json)
+    by content, checkpoints by size and modification time, which every save changes; None if it is missing."""
+    if not os.path.isfile(path):
+        return None
+    if path.endswith((".py", ".json")):
+        with open(path, "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest()[:16]
+    st = os.stat(path)
+    return f"{st.st_size}:{st.st_mtime_ns}"
+
+
+def read_stamp(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def write_stamp(path, stamp):
+    """Atomically (write, then rename): a stamp is whole or absent."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+        json.dump(stamp, f, indent=1)
+    os.replace(path + ".tmp", path)
+
+
+def stage(name, args, home, outputs, inputs, checkpoint=None, fresh=()):
+    """Run one stage, `python args`, which writes the files `outputs` into the directory home and reads the
+    files `inputs`. Skipped if its stamp there (<script>.stamp.json) says it finished with the same args and
+    inputs and all its outputs exist. A training stage (checkpoint: the file in home it resumes from) resumes
+    when its args and inputs are the same, and starts over, adding the flags `fresh`, when they changed; it
+    refuses a checkpoint the pipeline has no stamp for, since nothing says which settings made it."""
+    stamp_path = os.path.join(home, os.path.splitext(os.path.basename(args[0]))[0] + ".stamp.json")
+    want = {"args": args, "inputs": {path: identity(path) for path in inputs}}
+    stamp = read_stamp(stamp_path)
+    same = stamp is not None and all(stamp.get(key) == value for key, value in want.items())
+    if same and stamp.get("finished") and all(os.path.exists(os.path.join(home, f)) for f in outputs):
+        print(f"== {name}: finished with these settings and inputs ({stamp_path}), skipping")
+        return
+    ckpt = os.path.join(home, checkpoint) if checkpoint else None
+    if ckpt and os.path.exists(ckpt) and stamp is None:
+        raise SystemExit(f"error: {home} holds a run the pipeline did not record (no {stamp_path}), so it cannot "
+                         "tell which settings made it: move it away (or delete it) and re-run")
+    # resume its own run; not the checkpoint of an older run that a start-over was about to replace
+    resume = same and ckpt is not None and os.path.exists(ckpt) and identity(ckpt) != stamp.get("replaces")
+    if stamp is not None and not same:
+        print(f"== {name}: its settings or inputs changed since {stamp_path}: running it again from the start")
+    if resume:
+        extra = ["--init_from=resume"]
+    else:  # from the start; `fresh` lets it replace what an earlier attempt left in home
+        extra = list(fresh) if stamp is not None else []
+    write_stamp(stamp_path, {**want, "finished": False, "replaces": None if resume or not ckpt else identity(ckpt)})
+    execute(name, [*args, *extra])
+    write_stamp(stamp_path, {**want, "finished": True})
+
+
+def check_settings():
+    """Refuse what the pipeline cannot run, before any stage starts."""
+    for key, value in (("n_seeds", n_seeds), ("max_iters", max_iters), ("steer_samples", steer_samples)):
+        if value < 1:
+            raise SystemExit(f"error: {key}={value} must be at least 1")
+    for key, path in (("teacher_config", teacher_config), ("sae_config", sae_config), ("ntp_config", ntp_config),
+                      ("cocomix_config", cocomix_config)):
+        if path and not os.path.isfile(path):
+            raise SystemExit(f"error: {key}={path} not found: give a config file (see config/ for the presets)")
+    if os.path.exists(out_root) and not os.path.isdir(out_root):
+        raise SystemExit(f"error: out_root={out_root} is a file: give a directory")
+    if dataset != "concepts" and not os.path.exists(f"{data_root}/{dataset}/meta.json"):
         data_dir = os.path.join(data_root, dataset)
         raise SystemExit(f"error: {data_dir} not found: run `{prepare_command(data_dir)}` first")
-    train("teacher", ["train.py", teacher_config, *data], teacher_dir)
-    sae("sae", ["sae.py", *([sae_config] if sae_config else []), f"--teacher_path={teacher_dir}"], sae_dir)
+
+
+def main():
+    check_settings()
+    data = [f"--dataset={dataset}", f"--data_root={data_root}"]
+    meta = f"{data_root}/{dataset}/meta.json"
+    teacher_dir, sae_dir, compare_dir = f"{out_root}/teacher", f"{out_root}/sae", f"{out_root}/compare"
+    teacher, sae = f"{teacher_dir}/ckpt.pt", f"{sae_dir}/sae.pt"
+    if os.path.exists(meta):  # the data is an input of the stages: their stamps record its meta
+        print(f"== prepare: {meta} exists, skipping")
+    else:
+        execute("prepare", ["prepare.py", "--dataset=concepts", f"--data_root={data_root}"])
+    train = dict(checkpoint="ckpt.pt", fresh=["--overwrite"])  # train.py and sae.py replace a run only when told
+    stage("teacher", ["train.py", teacher_config, *data, f"--out_dir={teacher_dir}"], teacher_dir, ["ckpt.pt"],
+          [teacher_config, meta], **train)
+    sae_args = [*([sae_config] if sae_config else []), f"--teacher_path={teacher_dir}", f"--out_dir={sae_dir}"]
+    stage("sae", ["sae.py", *sae_args], sae_dir, ["sae.pt"], [*([sae_config] if sae_config else []), teacher, meta],
+          checkpoint="sae.pt", fresh=["--overwrite"])
+    students = []
     for seed in range(1, n_seeds + 1):
         student = [*data, f"--seed={seed}", f"--max_iters={max_iters}"]
-        train(f"ntp seed {seed}", ["train.py", ntp_config, *student], f"{compare_dir}/ntp_s{seed}")
-        train(f"cocomix seed {seed}", ["train.py", cocomix_config, *student, f"--sae_path={sae_dir}/sae.pt"],
-              f"{compare_dir}/cocomix_s{seed}")
-    from compare import main as compare
-    compare(compare_dir)
-    run("concepts", ["concepts.py", f"--sae_path={sae_dir}/sae.pt"], f"{sae_dir}/concepts.json")
+        for method, config, extra, reads in (("ntp", ntp_config, [], []),
+                                             ("cocomix", cocomix_config, [f"--sae_path={sae}"], [sae, teacher])):
+            out_dir = f"{compare_dir}/{method}_s{seed}"
+            stage(f"{method} seed {seed}", ["train.py", config, *student, *extra, f"--out_dir={out_dir}"], out_dir,
+                  ["ckpt.pt", "metrics.jsonl"], [config, meta, *reads], **train)
+            students.append(out_dir)
+    from compare import compare_training
+    compare_training(compare_dir, students)  # these runs only, not others left in compare_dir
+    stage("concepts", ["concepts.py", f"--sae_path={sae}"], sae_dir, ["concepts.json"], [sae, teacher, meta])
     if dataset == "concepts":  # the steering metric needs planted concepts
-        run("steering", ["steer.py", f"--out_dir={compare_dir}/cocomix_s1", f"--n_samples={steer_samples}"],
-            f"{compare_dir}/cocomix_s1/steering.json")
+        run = f"{compare_dir}/cocomix_s1"
+        stage("steering", ["steer.py", f"--out_dir={run}", f"--n_samples={steer_samples}"], run,
+              ["steering.json", "steering.png"], [f"{run}/ckpt.pt", sae, teacher, f"{sae_dir}/concepts.json"])
 
 
 if __name__ == "__main__":
     configure(globals())
+    # SIGTERM and Ctrl-C end the pipeline through Python, so that execute's finally stops the running stage
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("error: pipeline.py was terminated: re-run it to continue"))
     t_start = time.time()
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:
+        raise SystemExit("error: pipeline.py was interrupted: re-run it to continue") from None
     print(f"pipeline finished in {(time.time() - t_start) / 60:.1f} min")

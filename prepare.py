@@ -38,18 +38,22 @@ tokenizer = ""              # chars or gpt2, for text files and shakespeare ("":
 data_root = "data"          # writes <data_root>/<dataset>/
 seed = 1337                 # concept world
 n_docs = 8000               # concept world stories
-val_fraction = None         # None: 0.05 for the concept world, 0.1 for text
+val_fraction = None         # the val split's share; None: 0.05 for the concept world, 0.1 for text, 0.0005 for owt
 num_proc = max(1, (os.cpu_count() or 2) // 2)  # openwebtext: tokenizing processes
 hf_revision = "refs/convert/parquet"  # openwebtext's hub revision ("main" once it holds no loading script)
 # -----------------------------------------------------------------------------
+VAL_FRACTION = {"concepts": 0.05, "openwebtext": 0.0005}  # of the stories, of the documents; text: 0.1 of the tokens
 
 
 def prepare_concepts(data_root="data", n_docs=8000, seed=1337, val_fraction=0.05, name="concepts"):
     """Generate the concept world (world.py) and write its tokens and planted concepts; returns its meta.
     The last round(n_docs * val_fraction) stories (at least one) are the val split."""
+    n_val = max(1, round(n_docs * val_fraction))
+    if n_val >= n_docs:
+        raise SystemExit(f"error: val_fraction={val_fraction} of n_docs={n_docs} stories leaves none to train on: "
+                         "use more --n_docs or a smaller --val_fraction")
     t0 = time.time()
     w = world.make_concept_world(n_docs, seed)
-    n_val = max(1, round(n_docs * val_fraction))
     cut = int(np.searchsorted(w["doc"], n_docs - n_val))  # val = the last n_val stories
     itos = w["itos"]
     h_uni, h_cond = world.concept_entropies(w["tokens"][:cut], w["concepts"][:cut], w["drivers"][:cut], len(itos))
@@ -85,7 +89,14 @@ def staged_dir(data_dir):
     while not os.path.isdir(d):
         created.append(d)
         d = os.path.dirname(d)
-    os.makedirs(data_dir, exist_ok=True)
+    try:
+        os.makedirs(data_dir, exist_ok=True)
+    except OSError as e:
+        raise SystemExit(f"error: cannot create {data_dir} ({e.strerror}): give a --data_root that is a directory "
+                         "you can write") from None
+    for f in os.listdir(data_dir):  # a killed run's hidden temp files (.NAME.PID.tmp) are never moved into place
+        if re.fullmatch(r"\..+\.\d+\.tmp", f):
+            os.remove(os.path.join(data_dir, f))
     staged = []
 
     def tmp(name):
@@ -93,7 +104,7 @@ def staged_dir(data_dir):
         return staged[-1][0]
     try:
         yield tmp
-    except BaseException:
+    except BaseException as e:
         for path, _ in staged:
             if os.path.exists(path):
                 os.remove(path)
@@ -102,6 +113,9 @@ def staged_dir(data_dir):
                 os.rmdir(d)
             except OSError:
                 break
+        if isinstance(e, OSError):  # e.g. a full disk
+            raise SystemExit(f"error: could not write {data_dir} ({e.strerror or e}): free some space or choose "
+                             "another --data_root; the dataset that was there is unchanged") from None
         raise
     for path, final in staged:
         os.replace(path, final)
@@ -126,12 +140,17 @@ def prepare_command(data_dir):
 
 
 def load_meta(data_dir):
-    """A prepared dataset's meta.json as a dict. Raises SystemExit, saying how to prepare it, if it is missing."""
+    """A prepared dataset's meta.json as a dict. Raises SystemExit, saying how to prepare it, if it is missing or
+    damaged."""
     path = os.path.join(data_dir, "meta.json")
     if not os.path.exists(path):
         raise SystemExit(f"error: {path} not found: run `{prepare_command(data_dir)}` first")
-    with open(path) as f:
-        return json.load(f)
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (ValueError, OSError) as e:  # cut short, not JSON, a directory
+        raise SystemExit(f"error: {path} is damaged ({type(e).__name__}): run `{prepare_command(data_dir)}` "
+                         "again") from None
 
 
 def load_tokens(data_dir, split="train"):
@@ -159,10 +178,18 @@ def load_planted_concepts(data_dir, split="train"):
 
 
 def gpt2_encoding(enc=None):
-    """enc if given (tests pass a small offline one), else tiktoken's GPT-2 BPE (downloaded on first use)."""
+    """enc if given (tests pass a small offline one), else tiktoken's GPT-2 BPE (downloaded on first use).
+    Raises SystemExit, saying how to provide the files, if they cannot be downloaded."""
     if enc is None:
         import tiktoken
-        enc = tiktoken.get_encoding("gpt2")
+        try:
+            enc = tiktoken.get_encoding("gpt2")
+        except Exception as e:  # offline: requests' ConnectionError; a damaged download: ValueError
+            raise SystemExit(f"error: could not download GPT-2's BPE files (vocab.bpe, encoder.json from "
+                             f"openaipublic.blob.core.windows.net) for tiktoken ({type(e).__name__}): connect once, "
+                             "or copy a cache made where there is a network (TIKTOKEN_CACHE_DIR=DIR python -c "
+                             "\"import tiktoken; tiktoken.get_encoding('gpt2')\") and set TIKTOKEN_CACHE_DIR=DIR "
+                             "here") from None
     return enc
 
 
@@ -201,17 +228,30 @@ def get_tokenizer(meta, enc=None):
 # local text files and Hugging Face datasets
 
 
+def read_text(path):
+    """A text file's content as open() reads text (newlines as \\n). Raises SystemExit, naming the file and the
+    byte, if it is missing, a directory, empty or not UTF-8."""
+    if os.path.isdir(path):
+        raise SystemExit(f"error: input {path} is a directory: list the text files in it, e.g. "
+                         f"--input={os.path.join(path, 'a.txt')},{os.path.join(path, 'b.txt')}")
+    if not os.path.isfile(path):
+        raise SystemExit(f"error: input file {path} not found: check the path")
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise SystemExit(f"error: input file {path} is not UTF-8 text (byte {e.start:,} is 0x{raw[e.start]:02x}): "
+                         f"convert it first, e.g. iconv -f latin1 -t utf-8 {path} > converted.txt") from None
+    if not text.strip():
+        raise SystemExit(f"error: input file {path} is empty: give a file that contains text")
+    return text.replace("\r\n", "\n").replace("\r", "\n")  # what open(path) in text mode does
+
+
 def prepare_text_files(paths, name, data_root="data", tokenizer="chars", val_fraction=0.1, enc=None, source=None):
     """Tokenize local text files (chars, or gpt2 with an end-of-text token after each file) and write
     <data_root>/<name>/; the last val_fraction of the tokens is the val split. Returns the meta."""
-    texts = []
-    for p in paths:
-        if not os.path.isfile(p):
-            raise SystemExit(f"error: input file {p} not found: check the path")
-        with open(p, encoding="utf-8") as f:
-            texts.append(f.read())
-        if not texts[-1].strip():
-            raise SystemExit(f"error: input file {p} is empty: give a file that contains text")
+    texts = [read_text(p) for p in paths]
     if tokenizer == "chars":
         text = "".join(texts)
         codepoints = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
@@ -224,9 +264,9 @@ def prepare_text_files(paths, name, data_root="data", tokenizer="chars", val_fra
         ids = np.array([i for t in texts for i in enc.encode_ordinary(t) + [enc.eot_token]], dtype=np.int64)
         itos, eot, vocab_size = None, enc.eot_token, enc.n_vocab
     n_val = int(len(ids) * val_fraction)
-    if n_val < 1 or n_val >= len(ids):
-        raise SystemExit(f"error: {len(ids)} tokens are too few to split with val_fraction={val_fraction}: "
-                         "give more text")
+    if min(n_val, len(ids) - n_val) < 2:  # one input and its target; a model needs block_size + 1
+        raise SystemExit(f"error: {len(ids)} tokens are too few to split with val_fraction={val_fraction}: each "
+                         "split needs at least 2 tokens (train.py needs block_size + 1): give more text")
     meta = {"dataset": name, "source": source or ", ".join(paths), "tokenizer": tokenizer, "vocab_size": vocab_size,
             "eot_token": eot, "train_tokens": len(ids) - n_val, "val_tokens": n_val, "dtype": "uint16"}
     if itos is not None:
@@ -271,56 +311,89 @@ def prepare_hf(dataset, name, data_root="data", source="", enc=None, test_size=0
     return meta
 
 
-def prepare_openwebtext(data_root, num_proc, revision, repo="Skylion007/openwebtext"):
-    """OpenWebText from the hub (the parquet revision: see the top of this file), GPT-2 BPE."""
-    from datasets import load_dataset
-    splits = load_dataset(repo, revision=revision, num_proc=num_proc)
+def prepare_openwebtext(data_root, num_proc, revision, val_fraction=0.0005, enc=None, repo="Skylion007/openwebtext"):
+    """OpenWebText from the hub (the parquet revision: see the top of this file), GPT-2 BPE; val_fraction of the
+    documents are the val split."""
+    try:
+        from datasets import load_dataset
+        splits = load_dataset(repo, revision=revision, num_proc=num_proc)
+    except ImportError:
+        raise SystemExit("error: openwebtext needs Hugging Face datasets: pip install datasets") from None
+    except Exception as e:  # offline, or the hub changed
+        raise SystemExit(f"error: could not load {repo}@{revision} from the Hugging Face Hub ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0][:120] if str(e) else ''}): check the network, or copy a Hugging "
+                         "Face cache that holds it (HF_HOME) and set HF_DATASETS_OFFLINE=1") from None
     # the Hub converts only the first few GB of very big datasets, naming the split "partial-train"
     split = "train" if "train" in splits else next(iter(splits))
     docs = splits[split]
     print(f"loaded {len(docs):,} documents from {repo}@{revision} split {split!r} (the full set has 8,013,769)")
-    return prepare_hf(docs, "openwebtext", data_root, f"hf:{repo}@{revision}/{split}", num_proc=num_proc)
+    return prepare_hf(docs, "openwebtext", data_root, f"hf:{repo}@{revision}/{split}", enc, val_fraction,
+                      num_proc=num_proc)
 
 
-def prepare_shakespeare(data_root, tokenizer, val_fraction,
+def prepare_shakespeare(data_root, tokenizer, val_fraction, enc=None,
                         url="https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"):
     """Tiny shakespeare as a text file dataset, downloaded once to <data_root>/shakespeare/input.txt."""
     path = os.path.join(data_root, "shakespeare", "input.txt")
     if not os.path.exists(path):
         import urllib.request
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        try:
-            urllib.request.urlretrieve(url, path + ".tmp")
+        try:  # into memory (1 MB) first, so that a failed download leaves no directory behind
+            with urllib.request.urlopen(url) as r:
+                text = r.read()
         except OSError as e:
             raise SystemExit(f"error: could not download {url} ({e}): check the network, "
                              "or save the file yourself and pass --input=path/to/input.txt --dataset=shakespeare")
-        os.replace(path + ".tmp", path)
-    return prepare_text_files([path], "shakespeare", data_root, tokenizer, val_fraction, source=url)
+        with staged_dir(os.path.dirname(path)) as tmp:
+            with open(tmp("input.txt"), "wb") as f:
+                f.write(text)
+    return prepare_text_files([path], "shakespeare", data_root, tokenizer, val_fraction, enc, url)
 
 
-def main():
-    """Prepare the dataset that the config keys above describe; returns its meta."""
-    files = [p for p in input.split(",") if p]
-    name = os.path.splitext(os.path.basename(files[0]))[0] if files and dataset == "concepts" else dataset
+def check_settings(files, name):
+    """Refuse, before anything is written, settings that cannot make the dataset they name."""
+    if "" in files:
+        raise SystemExit(f"error: --input={input!r} has an empty file name: drop the extra comma")
+    if name in ("", ".", "..") or "/" in name or os.sep in name:
+        raise SystemExit(f"error: dataset name {name!r} must be a plain directory name: use e.g. --dataset=mytext")
     if tokenizer not in ("", "chars", "gpt2"):
         raise SystemExit(f"error: unknown tokenizer={tokenizer!r}: use chars or gpt2")
     if val_fraction is not None and not (isinstance(val_fraction, float) and 0 < val_fraction < 1):
         raise SystemExit(f"error: val_fraction={val_fraction!r} must be a number between 0 and 1, e.g. 0.1")
-    if files:
-        meta = prepare_text_files(files, name, data_root, tokenizer or "chars", val_fraction or 0.1)
-    elif name == "concepts":
+    if files or name == "shakespeare":
+        return
+    if name == "concepts":
+        if tokenizer:
+            raise SystemExit(f"error: the concept world has its own words tokenizer: drop --tokenizer={tokenizer}")
         if n_docs < 2:
             raise SystemExit("error: n_docs must be at least 2 (one train and one val document): use --n_docs=8000")
-        meta = prepare_concepts(data_root, n_docs, seed, val_fraction or 0.05)
-    elif name == "shakespeare":
-        meta = prepare_shakespeare(data_root, tokenizer or "chars", val_fraction or 0.1)
+        if seed < 0:
+            raise SystemExit(f"error: seed={seed} must be a non-negative integer, e.g. --seed=1337")
     elif name == "openwebtext":
         if tokenizer == "chars":
             raise SystemExit("error: openwebtext is prepared with the gpt2 tokenizer only: drop --tokenizer=chars")
-        meta = prepare_openwebtext(data_root, num_proc, hf_revision)
+        if num_proc < 1:
+            raise SystemExit(f"error: num_proc={num_proc} must be at least 1")
     else:
         raise SystemExit(f"error: unknown dataset {name!r}: use concepts, shakespeare or openwebtext, "
                          "or build one from local files with --input=FILE[,FILE...] --dataset=NAME")
+
+
+def main():
+    """Prepare the dataset that the config keys above describe; returns its meta."""
+    files = input.split(",") if input else []
+    name = os.path.splitext(os.path.basename(files[0]))[0] if files and dataset == "concepts" else dataset
+    check_settings(files, name)
+    fraction = (0.1 if files else VAL_FRACTION.get(name, 0.1)) if val_fraction is None else val_fraction
+    gpt2 = tokenizer == "gpt2" or name == "openwebtext" and not files
+    enc = gpt2_encoding() if gpt2 else None  # before any download or tokenizing, which it would waste when offline
+    if files:
+        meta = prepare_text_files(files, name, data_root, tokenizer or "chars", fraction, enc)
+    elif name == "concepts":
+        meta = prepare_concepts(data_root, n_docs, seed, fraction)
+    elif name == "shakespeare":
+        meta = prepare_shakespeare(data_root, tokenizer or "chars", fraction, enc)
+    else:
+        meta = prepare_openwebtext(data_root, num_proc, hf_revision, fraction, enc)
     data_dir = os.path.join(data_root, name)
     print(f"{meta['dataset']}: {meta['train_tokens']:,} train + {meta['val_tokens']:,} val tokens, "
           f"tokenizer {meta['tokenizer']}, vocab {meta['vocab_size']}")

@@ -8,12 +8,17 @@ Use OpenAI's released GPT-2 small SAE instead (resid_post_mlp v5_32k; the file n
     python sae.py --init_from=openai:path/to/5.pt --out_dir=out/sae_gpt2
 Continue a run with more tokens, or re-evaluate a trained SAE (a max_tokens already reached trains nothing):
     python sae.py --init_from=resume --max_tokens=3000000
+A resume keeps the run's settings and continues its data stream, so it ends bit-identical (on CPU) to a run that
+was never interrupted; it refuses a teacher or dataset that changed since. A new run refuses to replace an
+existing sae.pt unless given --overwrite.
 
 The SAE reads the output of teacher block `layer` (0-based: OpenAI's "resid_post_mlp" layer 5 is the output of
 GPT-2's 6th block). <out_dir>/sae.pt records the teacher and the layer with the weights, so
 load_concept_extractor(path) is all that train.py --mode=cocomix needs. What each latent means, and how well
 the latents recover the concept world's planted concepts, is concepts.py's job.
 """
+import hashlib
+import math
 import os
 import time
 from typing import NamedTuple
@@ -25,12 +30,13 @@ import torch.nn.functional as F
 
 from configurator import configure, resolve_device
 from model import GPT, GPT2_META, layer_norm
-from prepare import load_meta, prepare_command
+from prepare import fingerprint, load_meta, prepare_command
 
 # -----------------------------------------------------------------------------
 # Defaults: a 1024-latent SAE on the middle of the embedded default teacher, sized for 2 CPU cores.
 out_dir = "out/sae"
 init_from = "scratch"       # "scratch", "resume" (from out_dir/sae.pt) or "openai:PATH" (a released GPT-2 SAE)
+overwrite = False           # a new run may replace the sae.pt already in out_dir
 log_interval = 50           # steps between progress lines
 ckpt_interval = 250         # steps between checkpoints
 # teacher and data
@@ -57,6 +63,12 @@ eval_tokens = 65536         # val tokens for FVU, L0, dead fraction and the spli
 device = "auto"             # "auto" (cuda if available), "cpu", "cuda", ...
 seed = 1337
 # -----------------------------------------------------------------------------
+RUN = ("teacher_path", "layer", "dataset", "data_root", "block_size")  # what the SAE reads, resolved
+# A resume keeps the run's settings. A flag may change how long it trains, how much it evaluates, how often it
+# logs and saves, where the data lies (its fingerprint is checked) and the machine; not the SAE, its teacher,
+# batches or optimizer. This command's own keys are never taken from the checkpoint.
+RESUME_MAY_CHANGE = ("max_tokens", "eval_tokens", "log_interval", "ckpt_interval", "data_root", "device")
+COMMAND = ("init_from", "out_dir", "overwrite")
 
 
 def topk_relu(pre, k):
@@ -183,10 +195,56 @@ def load_teacher(spec, device):
         if not os.path.exists(spec if spec.endswith(".pt") else os.path.join(spec, "ckpt.pt")):
             raise ValueError(f"teacher checkpoint {spec} not found: train one with "
                              "`python train.py config/concepts_teacher.py`, or use --teacher_path=gpt2")
-        model, record = GPT.from_checkpoint(spec)
+        try:
+            model, record = GPT.from_checkpoint(spec)
+        except ValueError:
+            raise
+        except Exception as e:  # torch.load's errors for a truncated, empty or foreign file vary in type
+            raise ValueError(f"teacher checkpoint {spec} is damaged ({type(e).__name__}): train the teacher again "
+                             "(python train.py config/concepts_teacher.py)") from None
         if model.config.n_concepts:
             raise ValueError(f"teacher {spec} is a CoCoMix model: use a next-token-prediction checkpoint")
     return model.to(device).eval().requires_grad_(False), record
+
+
+def teacher_identity(spec, teacher, record):
+    """What tells one teacher from another: a GPT-2's name; else the fingerprint of the data it learned, the
+    iteration it reached and a hash of its weights (a teacher retrained with another seed differs only there)."""
+    if spec.startswith("gpt2"):
+        return spec
+    weights = hashlib.sha256()
+    for t in teacher.state_dict().values():
+        weights.update(t.detach().cpu().reshape(-1).view(torch.uint8).numpy())
+    return {"data": fingerprint(record["meta"]), "iter_num": record.get("iter_num"),
+            "weights": weights.hexdigest()[:16]}
+
+
+def changed_inputs(ckpt, teacher_id, data_id=None):
+    """Why the teacher (its teacher_identity) or the dataset (prepare.fingerprint of its meta.json) there now is
+    not what the SAE of ckpt was trained on, or None if both are. data_id None: the dataset is not compared."""
+    was, path = ckpt.get("teacher_id"), ckpt["teacher_path"]
+    if was is None:
+        return "it records no teacher identity (an older sae.py wrote it)"
+    if was != teacher_id:
+        how = (f"{was} -> {teacher_id}" if isinstance(was, str) or isinstance(teacher_id, str) else
+               ", ".join(f"{key} {was[key]} -> {teacher_id[key]}" for key in was if was[key] != teacher_id[key]))
+        return f"the teacher at {path} was retrained since this SAE started ({how})"
+    if data_id is not None and ckpt.get("data_fingerprint") not in (None, data_id):
+        return f"dataset {ckpt['dataset']} was prepared again since this SAE started (its meta.json changed)"
+    return None
+
+
+def sae_inputs_changed(ckpt):
+    """Why a sae.pt (ckpt, as load_sae returns it) was not made from the teacher checkpoint and the dataset that
+    are at the paths it records now, or None if it was: what pipeline.py needs to skip or redo an SAE stage."""
+    spec, data_dir = ckpt["teacher_path"], os.path.join(ckpt["data_root"], ckpt["dataset"])
+    try:
+        teacher_id = spec if spec.startswith("gpt2") else teacher_identity(spec, *load_teacher(spec, "cpu"))
+    except ValueError as e:
+        return str(e)
+    if not os.path.exists(os.path.join(data_dir, "meta.json")):
+        return f"{data_dir}/meta.json is gone"
+    return changed_inputs(ckpt, teacher_id, fingerprint(load_meta(data_dir)))
 
 
 def check_teacher(teacher, layer, sae):
@@ -283,10 +341,17 @@ class ConceptExtractor:
 
 
 def load_sae(path, device="cpu"):
-    """(SAE, checkpoint dict) from a sae.pt. Raises ValueError if it is missing."""
+    """(SAE, checkpoint dict) from a sae.pt or its out_dir. Raises ValueError if it is missing or damaged."""
+    path = os.path.join(path, "sae.pt") if os.path.isdir(path) else path
     if not os.path.exists(path):
         raise ValueError(f"SAE checkpoint {path} not found: train one with `python sae.py`")
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # a truncated, empty or foreign file: the error's type varies
+        raise ValueError(f"{path} is damaged ({type(e).__name__}): delete it and train the SAE again "
+                         f"(python sae.py --out_dir={os.path.dirname(path) or '.'})") from None
+    if not isinstance(ckpt, dict) or "sae" not in ckpt:
+        raise ValueError(f"{path} is not an SAE checkpoint: give a sae.pt that python sae.py wrote")
     if "teacher_path" not in ckpt:
         raise ValueError(f"{path} was written by an older sae.py (it does not name its teacher_path): retrain it")
     sae = SAE(ckpt["n_inputs"], ckpt["n_latents"], ckpt["k"], ckpt["normalize"])
@@ -294,11 +359,23 @@ def load_sae(path, device="cpu"):
     return sae.to(device).eval().requires_grad_(False), ckpt
 
 
+def load_sae_and_teacher(path, device):
+    """(SAE, its checkpoint dict, the frozen teacher it reads, the teacher's record) from a sae.pt. Raises
+    ValueError if the teacher at the path it records is not the one it was trained on."""
+    sae, ckpt = load_sae(path, device)
+    teacher, record = load_teacher(ckpt["teacher_path"], device)
+    changed = changed_inputs(ckpt, teacher_identity(ckpt["teacher_path"], teacher, record))
+    if changed:
+        out = path if os.path.isdir(path) else os.path.dirname(path) or "."
+        raise ValueError(f"{path} cannot be used: {changed}: train the SAE again (python sae.py --overwrite "
+                         f"--out_dir={out})")
+    return sae, ckpt, teacher, record
+
+
 def load_concept_extractor(path, device, k_attr=4, method="attribution"):
     """The ConceptExtractor of a sae.pt, on the teacher and layer it records."""
-    sae, ckpt = load_sae(path, device)
-    return ConceptExtractor(load_teacher(ckpt["teacher_path"], device)[0], sae, ckpt["layer"], k_attr, method,
-                            ckpt["tokenizer"])
+    sae, ckpt, teacher, _ = load_sae_and_teacher(path, device)
+    return ConceptExtractor(teacher, sae, ckpt["layer"], k_attr, method, ckpt["tokenizer"])
 
 
 # -----------------------------------------------------------------------------
@@ -318,20 +395,42 @@ def keep_mask(idx, eot):
     return keep & (idx != eot) if eot is not None else keep
 
 
-def activation_batches(teacher, layer, path, eot, block_size, batch_size, buffer_tokens, gen, device):
-    """Endless (batch_size, d) batches of teacher activations on random train windows, through a shuffle buffer
-    of buffer_tokens: each fill is shuffled and half of it given out, the other half mixed into the next fill."""
-    n_tokens, buf = os.path.getsize(path) // 2, torch.empty(0, teacher.config.n_embd, device=device)
-    while True:
-        while len(buf) < buffer_tokens:
-            starts = torch.randint(n_tokens - block_size, (max(1, batch_size // block_size),), generator=gen)
-            idx = read_windows(path, starts.tolist(), block_size, device)
+class ActivationStream:
+    """Endless (batch_size, d) batches of teacher activations on random train windows, through a shuffle buffer of
+    buffer_tokens: each fill is shuffled and half of it given out, the other half mixed into the next fill. Its
+    state_dict (the generator, the buffer, how many of its rows go out before the next fill) is saved with each
+    checkpoint, so that a resumed run trains on the very batches an uninterrupted one would."""
+
+    def __init__(self, teacher, layer, path, eot, block_size, batch_size, buffer_tokens, seed, device):
+        self.teacher, self.layer, self.path, self.eot, self.block_size = teacher, layer, path, eot, block_size
+        self.batch_size, self.buffer_tokens, self.device = batch_size, buffer_tokens, device
+        self.gen = torch.Generator().manual_seed(seed)
+        self.buf, self.n_out = torch.empty(0, teacher.config.n_embd, device=device), 0  # first n_out rows go out
+
+    def __next__(self):
+        if self.n_out == 0:
+            self.fill()
+        batch, self.buf = self.buf[:self.batch_size], self.buf[self.batch_size:]
+        self.n_out -= self.batch_size
+        return batch
+
+    def fill(self):
+        n_tokens = os.path.getsize(self.path) // 2
+        while len(self.buf) < self.buffer_tokens:
+            starts = torch.randint(n_tokens - self.block_size, (max(1, self.batch_size // self.block_size),),
+                                   generator=self.gen)
+            idx = read_windows(self.path, starts.tolist(), self.block_size, self.device)
             with torch.no_grad():
-                buf = torch.cat((buf, teacher.hidden(idx, layer)[keep_mask(idx, eot)]))
-        buf = buf[torch.randperm(len(buf), generator=gen).to(device)]
-        n_out = len(buf) // 2 // batch_size * batch_size
-        yield from buf[:n_out].split(batch_size)
-        buf = buf[n_out:]
+                self.buf = torch.cat((self.buf, self.teacher.hidden(idx, self.layer)[keep_mask(idx, self.eot)]))
+        self.buf = self.buf[torch.randperm(len(self.buf), generator=self.gen).to(self.device)]
+        self.n_out = len(self.buf) // 2 // self.batch_size * self.batch_size
+
+    def state_dict(self):
+        return {"gen": self.gen.get_state(), "buf": self.buf.cpu().clone(), "n_out": self.n_out}
+
+    def load_state_dict(self, state):
+        self.gen.set_state(state["gen"])
+        self.buf, self.n_out = state["buf"].to(self.device), state["n_out"]
 
 
 # -----------------------------------------------------------------------------
@@ -341,7 +440,8 @@ def train(sae, batches, state, save, max_tokens, learning_rate, k_aux, aux_coef,
           ckpt_interval):
     """Adam on FVU + aux_coef * AuxK until max_tokens activations, with unit-norm decoder columns; save() every
     ckpt_interval steps. state holds what a resume needs: the step, the tokens seen, the tokens since each latent
-    last fired and the optimizer."""
+    last fired, the optimizer and the data stream. Raises ValueError at a non-finite loss, before it can reach the
+    weights."""
     opt = torch.optim.Adam(sae.parameters(), lr=learning_rate, eps=6.25e-10)
     if "optimizer" in state:
         opt.load_state_dict(state["optimizer"])
@@ -355,6 +455,12 @@ def train(sae, batches, state, save, max_tokens, learning_rate, k_aux, aux_coef,
         dead = since_fired >= dead_tokens
         aux = auxk_loss(sae, z.pre, z.x - x_hat, dead, k_aux)
         loss = fvu(z.x, x_hat) + aux_coef * aux
+        if not torch.isfinite(loss):
+            cause = ("the teacher's activations are not finite: check its checkpoint" if not torch.isfinite(h).all()
+                     else f"learning_rate={learning_rate:g} is likely too high: train again with --overwrite and a "
+                     "smaller --learning_rate")
+            raise ValueError(f"the SAE's loss is {loss.item()} at step {state['step'] + 1}: {cause} (no "
+                             "non-finite weights were saved)")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         sae.remove_parallel_grads_()
@@ -371,9 +477,9 @@ def train(sae, batches, state, save, max_tokens, learning_rate, k_aux, aux_coef,
                   f"{(state['tokens'] - tokens0) / (time.time() - t0):,.0f} tokens/s")
             t0, tokens0 = time.time(), state["tokens"]
         if state["step"] % ckpt_interval == 0:
-            state["optimizer"] = opt.state_dict()
+            state["optimizer"], state["stream"] = opt.state_dict(), batches.state_dict()
             save()
-    state["optimizer"] = opt.state_dict()
+    state["optimizer"], state["stream"] = opt.state_dict(), batches.state_dict()
 
 
 @torch.no_grad()
@@ -409,38 +515,117 @@ def evaluate_sae(sae, teacher, layer, path, eot, block_size, n_tokens, device, b
 # the script
 
 def save_checkpoint(path, sae, state, metrics, info):
-    """Atomically (write, then rename) save the SAE with all that using it and resuming it need."""
+    """Atomically (write, then rename) save the SAE with all that using it and resuming it need. A non-finite SAE
+    is never saved, and a failed write leaves the last checkpoint as it was."""
+    if not all(torch.isfinite(p).all() for p in sae.parameters()):
+        raise ValueError(f"the SAE's weights are not finite at step {state['step']}: {path} was left as it was; "
+                         "train again with --overwrite and a smaller --learning_rate")
     ckpt = {"sae": sae.state_dict(), "n_inputs": sae.n_inputs, "n_latents": sae.n_latents, "k": sae.k,
             "normalize": sae.normalize, "metrics": metrics, **info,
             **{key: v.cpu() if torch.is_tensor(v) else v for key, v in state.items()}}
-    torch.save(ckpt, path + ".tmp")
-    os.replace(path + ".tmp", path)
+    try:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        torch.save(ckpt, path + ".tmp")
+        os.replace(path + ".tmp", path)
+    except (OSError, RuntimeError) as e:  # a full disk: torch says "unexpected pos"
+        if os.path.exists(path + ".tmp"):
+            os.remove(path + ".tmp")
+        raise ValueError(f"could not write {path} ({getattr(e, 'strerror', None) or str(e).splitlines()[0]}): "
+                         f"check the free disk space and that {os.path.dirname(path)} is writable; the last "
+                         "checkpoint was kept") from None
+
+
+def check_settings(dev):
+    """Refuse, before anything is loaded or written, settings that no SAE trains with."""
+    for key, low in dict(n_latents=1, k=1, batch_size=1, max_tokens=0, eval_tokens=1, k_aux=1, dead_tokens=1,
+                         log_interval=1, ckpt_interval=1, block_size=0).items():
+        if globals()[key] < low:
+            raise ValueError(f"{key}={globals()[key]} is out of range: use --{key}={low} or more")
+    if k > n_latents:
+        raise ValueError(f"k={k} is more than n_latents={n_latents}: TopK keeps k of the latents")
+    if block_size == 1:
+        raise ValueError("block_size=1 leaves no position to train on (position 0 is never used): use 2 or more, "
+                         "or 0 for the teacher's")
+    if batch_size > buffer_tokens // 2:
+        raise ValueError(f"batch_size={batch_size} is more than half of buffer_tokens={buffer_tokens}, so no batch "
+                         f"ever leaves the shuffle buffer: use --buffer_tokens={2 * batch_size} or more")
+    if not 0 < learning_rate <= 1:  # Adam moves each weight by about the learning rate per step
+        raise ValueError(f"learning_rate={learning_rate} is out of range: use one above 0 and at most 1, like 1e-3")
+    if not 0 <= aux_coef < math.inf:
+        raise ValueError(f"aux_coef={aux_coef} is out of range: use 0 (no AuxK) or more, like 1/32")
+    try:
+        index = torch.device(dev).index or 0
+    except RuntimeError:
+        raise ValueError(f"unknown device={dev!r}: use auto, cpu, cuda or cuda:N") from None
+    if dev.startswith("cuda") and index >= torch.cuda.device_count():
+        raise ValueError(f"device={dev} but torch sees {torch.cuda.device_count()} CUDA GPUs here: use --device=cpu")
+
+
+def check_splits(paths, data_dir, block_size, eval_tokens):
+    """Each split must hold one window and its next token, and eval_tokens at least one window."""
+    for path in paths:
+        if not os.path.exists(path):
+            raise ValueError(f"{path} not found: run `{prepare_command(data_dir)}` first")
+        if os.path.getsize(path) // 2 < block_size + 1:
+            raise ValueError(f"{path} has {os.path.getsize(path) // 2} tokens, fewer than one window of "
+                             f"block_size + 1 = {block_size + 1}: prepare more text, or use a smaller --block_size")
+    if eval_tokens < block_size:
+        raise ValueError(f"eval_tokens={eval_tokens} is less than one window of block_size={block_size} tokens: "
+                         f"use --eval_tokens={block_size} or more")
+
+
+def resume_settings(config, defaults, ckpt, path):
+    """The settings of the run in ckpt, as this module's globals: a setting left at its default takes the run's
+    value, and one that contradicts it is refused unless it is in RESUME_MAY_CHANGE."""
+    saved = {**ckpt["config"], **{key: ckpt[key] for key in RUN}}  # RUN resolved, as the SAE read it
+    for key, value in saved.items():
+        if key in COMMAND or key not in config or config[key] == value:
+            continue
+        if config[key] == defaults[key]:
+            config[key] = value
+        elif key not in RESUME_MAY_CHANGE:
+            raise ValueError(f"{key}={config[key]!r} contradicts {path}, trained with {key}={value!r}: a resumed SAE "
+                             f"keeps its settings (only {', '.join(RESUME_MAY_CHANGE)} may change); drop it, or "
+                             "train a new SAE with --overwrite")
+    globals().update(config)
+    return config
 
 
 def main():
+    defaults = configure(dict(globals()), argv=[])  # before the command line: how a resume tells a flag given
     config = configure(globals())
+    ckpt_path, sae, ckpt, from_openai = os.path.join(out_dir, "sae.pt"), None, None, init_from.startswith("openai:")
+    if init_from == "resume":
+        sae, ckpt = load_sae(ckpt_path)  # on the CPU: moved once the device is known good
+        config = resume_settings(config, defaults, ckpt, ckpt_path)
+        if ckpt["step"] > 0 and "stream" not in ckpt:
+            raise ValueError(f"{ckpt_path} cannot be resumed exactly (an older sae.py wrote it): train it again "
+                             "with --overwrite")
+    elif init_from != "scratch" and not from_openai:
+        raise ValueError(f"unknown init_from={init_from!r}: use 'scratch', 'resume' or 'openai:PATH'")
+    elif os.path.exists(ckpt_path) and not overwrite:
+        raise ValueError(f"{ckpt_path} exists: continue it with --init_from=resume, replace it with --overwrite, or "
+                         "give another --out_dir")
     dev = resolve_device(device)
+    check_settings(dev)
     torch.manual_seed(seed)
     torch.backends.cuda.matmul.allow_tf32 = True
-    ckpt_path = os.path.join(out_dir, "sae.pt")
-    run = {"teacher_path": teacher_path, "layer": layer, "dataset": dataset, "data_root": data_root,
-           "block_size": block_size}  # what the SAE reads; a resume takes it from the checkpoint
-    sae, state, from_openai = None, {"step": 0, "tokens": 0}, init_from.startswith("openai:")
-    if from_openai:
+    run, state = {key: config[key] for key in RUN}, {"step": 0, "tokens": 0}  # what the SAE reads, how far it got
+    if ckpt is not None:
+        sae.requires_grad_(True)
+        state = {key: ckpt[key] for key in ("step", "tokens", "since_fired", "optimizer", "stream") if key in ckpt}
+    elif from_openai:
         path = init_from[len("openai:"):]
         if not os.path.exists(path):
             raise ValueError(f"{path} not found: download a released SAE, e.g. az://openaipublic/sparse-autoencoder/"
                              "gpt2-small/resid_post_mlp_v5_32k/autoencoders/5.pt")
-        sae = sae_from_openai(torch.load(path, map_location="cpu"))
+        try:
+            sae = sae_from_openai(torch.load(path, map_location="cpu"))
+        except (KeyError, TypeError, AttributeError, RuntimeError, EOFError, OSError) as e:
+            raise ValueError(f"{path} is damaged or not an OpenAI SAE ({type(e).__name__}): download it again") \
+                from None
         stem = os.path.splitext(os.path.basename(path))[0]
         run.update(teacher_path="gpt2", layer=int(stem) if stem.isdigit() else 5)  # the files are named by layer
-    elif init_from == "resume":
-        sae, ckpt = load_sae(ckpt_path)
-        sae.requires_grad_(True)
-        run = {key: ckpt[key] for key in run}
-        state = {key: ckpt[key] for key in ("step", "tokens", "since_fired", "optimizer") if key in ckpt}
-    elif init_from != "scratch":
-        raise ValueError(f"unknown init_from={init_from!r}: use 'scratch', 'resume' or 'openai:PATH'")
     teacher, teacher_record = load_teacher(run["teacher_path"], dev)
     teacher_meta = teacher_record["meta"]
     sae = (sae or SAE(teacher.config.n_embd, n_latents, k, normalize)).to(dev)
@@ -451,32 +636,42 @@ def main():
     if run["block_size"] > teacher.config.block_size:
         raise ValueError(f"block_size={run['block_size']} exceeds the teacher's {teacher.config.block_size}")
     data_dir = os.path.join(run["data_root"], run["dataset"])
-    meta = None
-    if from_openai and not os.path.exists(os.path.join(data_dir, "val.bin")):
-        print(f"{data_dir}/val.bin not found: saving the SAE unevaluated (`{prepare_command(data_dir)}`)")
+    train_path, val_path, meta = os.path.join(data_dir, "train.bin"), os.path.join(data_dir, "val.bin"), None
+    if from_openai and not os.path.exists(val_path):
+        print(f"{val_path} not found: saving the SAE unevaluated (`{prepare_command(data_dir)}`)")
     else:
         meta = load_meta(data_dir)
         check_vocab(teacher, tokenizer_of(teacher_meta), meta, run["dataset"])
-    train_path = os.path.join(data_dir, "train.bin")
-    if not from_openai and not os.path.exists(train_path):
-        raise ValueError(f"{train_path} not found: run `{prepare_command(data_dir)}` first")
-    os.makedirs(out_dir, exist_ok=True)  # only now: a run stopped by bad input leaves nothing behind
-    info = {**run, "tokenizer": tokenizer_of(meta or teacher_meta), "config": config}
+        check_splits([val_path] if from_openai else [train_path, val_path], data_dir, run["block_size"], eval_tokens)
+    teacher_id = teacher_identity(run["teacher_path"], teacher, teacher_record)
+    info = {**run, "tokenizer": tokenizer_of(meta or teacher_meta), "config": config, "teacher_id": teacher_id,
+            "data_fingerprint": fingerprint(meta) if meta else None}
+    changed = changed_inputs(ckpt, teacher_id, info["data_fingerprint"]) if ckpt else None
+    if changed:
+        raise ValueError(f"cannot resume {ckpt_path}: {changed}: train a new SAE with --overwrite")
+    parent = out_dir  # made by the first save: a run stopped before it leaves nothing behind
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent) or "."
+    if not (os.path.isdir(parent) and os.access(parent, os.W_OK)):
+        raise ValueError(f"cannot write to out_dir {out_dir}: {parent} is not a writable directory")
+    if os.path.exists(ckpt_path + ".tmp"):  # a save that was killed
+        os.remove(ckpt_path + ".tmp")
     print(f"SAE: {sae.n_latents} latents, k={sae.k}, on the output of block {run['layer']} of teacher "
           f"{run['teacher_path']}, data {data_dir}, device {dev}")
     t0 = time.time()
     if not from_openai:
         state["since_fired"] = state.get("since_fired", torch.zeros(sae.n_latents, dtype=torch.long)).to(dev)
-        batches = activation_batches(teacher, run["layer"], train_path, meta["eot_token"], run["block_size"],
-                                     batch_size, buffer_tokens, torch.Generator().manual_seed(seed + state["step"]),
-                                     dev)
+        batches = ActivationStream(teacher, run["layer"], train_path, meta["eot_token"], run["block_size"],
+                                   batch_size, buffer_tokens, seed, dev)
+        if "stream" in state:
+            batches.load_state_dict(state["stream"])
         train(sae, batches, state, lambda: save_checkpoint(ckpt_path, sae, state, None, info), max_tokens,
               learning_rate, k_aux, aux_coef, dead_tokens, log_interval, ckpt_interval)
     train_seconds, metrics = time.time() - t0, None
     if meta is not None:
         print(f"evaluating on up to {eval_tokens:,} val tokens ...")
-        metrics = evaluate_sae(sae, teacher, run["layer"], os.path.join(data_dir, "val.bin"), meta["eot_token"],
-                               run["block_size"], eval_tokens, dev)[0]
+        metrics = evaluate_sae(sae, teacher, run["layer"], val_path, meta["eot_token"], run["block_size"],
+                               eval_tokens, dev)[0]
         metrics.update(train_seconds=train_seconds, train_tokens=state["tokens"])
         print(f"FVU {metrics['fvu']:.4f}, L0 {metrics['l0']:.1f}, dead {100 * metrics['dead_frac']:.1f}% "
               f"(no activation on {metrics['eval_tokens']:,} val positions), trained {train_seconds:.0f}s")

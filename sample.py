@@ -12,20 +12,20 @@ import os
 import torch
 
 from configurator import autocast_for, configure, resolve_device
-from concepts import load_descriptions
-from model import GPT, GPT2_META, generate
+from concepts import concepts_file, load_descriptions
+from model import GPT, generate
 from prepare import get_tokenizer
-from sae import load_sae, load_teacher
-from steer import parse_steer, steer_vector, teacher_sae_logits
+from sae import load_teacher
+from steer import parse_steer, steer_vector, teacher_and_sae, teacher_sae_logits
 
 # -----------------------------------------------------------------------------
 init_from = "resume"        # "resume" (the checkpoint in out_dir) or a GPT-2 name like "gpt2"
 out_dir = "out/ntp"
 start = ""                  # the prompt, or "FILE:path" to read it from a file; "" starts a new document
 num_samples = 3
-max_new_tokens = 100
-temperature = 0.8
-top_k = 200
+max_new_tokens = 100        # 0 prints the prompt (with --show_concepts: the concepts predicted on it)
+temperature = 0.8           # 0: greedy decoding (the most likely token each time)
+top_k = 200                 # sample among the top_k most likely tokens; 0: among all
 seed = 1337
 # CoCoMix only
 show_concepts = False       # print each sampled token with the concepts the model predicts there
@@ -48,40 +48,65 @@ def concept_lines(model, y, decode, descriptions, steer=None, force=False, n=3):
             for t, js, vs in zip(y[-z.size(0):].tolist(), ids.tolist(), vals.tolist())]
 
 
-def concept_tools(model, sae_path, dev):
-    """What --steer, --show_concepts and --compare_teacher need of a CoCoMix model trained on the SAE at
-    sae_path: the steering vector, the concept descriptions, and (a logits function of the steering vector,
-    block size) for its teacher + SAE. Raises ValueError for a model without concepts or a bad --steer."""
+def concept_tools(model, record, dev):
+    """What --steer, --show_concepts and --compare_teacher need of a CoCoMix model (its checkpoint's record
+    names the SAE it learned): the steering vector, the concept descriptions, and (a logits function of the
+    steering vector, block size) for its teacher + SAE. Raises ValueError for a model without concepts, a bad
+    --steer, or an SAE that cannot be read or no longer fits the model."""
     if not model.config.n_concepts:
         raise ValueError("--show_concepts, --steer and --compare_teacher need a CoCoMix model "
                          "(train.py --mode=cocomix); this one predicts no concepts")
+    sae_path = record["config"]["sae_path"]
     steer_vec = steer_vector(parse_steer(steer, model.config.n_concepts), model.config.n_concepts, dev)
     descriptions, teacher = {}, None
     if show_concepts:
-        descriptions = load_descriptions(concepts_path or os.path.join(os.path.dirname(sae_path), "concepts.json"))
+        descriptions = load_descriptions(concepts_path or concepts_file(sae_path))
     if compare_teacher:
-        sae, ckpt = load_sae(sae_path, dev)
-        t = load_teacher(ckpt["teacher_path"], dev)[0]
-        teacher = (lambda s: teacher_sae_logits(t, sae, ckpt["layer"], s, force), t.config.block_size)
+        sae, t, layer = teacher_and_sae(sae_path, record["meta"], model.config.n_concepts, dev)
+        teacher = (lambda s: teacher_sae_logits(t, sae, layer, s, force), t.config.block_size)
     return steer_vec, descriptions, teacher
 
 
+def check_settings():
+    """Refuse settings that cannot sample, before any model is loaded."""
+    if init_from != "resume" and not init_from.startswith("gpt2"):
+        raise SystemExit(f"error: unknown init_from={init_from!r}: use 'resume' (the checkpoint in out_dir) or a "
+                         "GPT-2 name like 'gpt2'")
+    for key, value, low in (("num_samples", num_samples, 1), ("max_new_tokens", max_new_tokens, 0),
+                            ("temperature", temperature, 0), ("top_k", top_k, 0)):
+        if value < low:
+            raise SystemExit(f"error: {key}={value} must be at least {low}")
+
+
+def read_prompt(start):
+    """The prompt: start itself, or the text of the file it names as FILE:path."""
+    if not start.startswith("FILE:"):
+        return start
+    path = start[len("FILE:"):]
+    if not os.path.isfile(path):
+        what = "is a directory" if os.path.isdir(path) else "not found"
+        raise SystemExit(f"error: prompt file {path!r} {what}: --start=FILE:path reads the prompt from a file")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except UnicodeDecodeError:
+        raise SystemExit(f"error: prompt file {path} is not UTF-8 text: save it as UTF-8") from None
+
+
 def main():
+    check_settings()
+    prompt = read_prompt(start)
     dev = resolve_device(device)
     _, autocast = autocast_for(dev, dtype)
     torch.manual_seed(seed)
-    if init_from == "resume":
-        try:
-            model, record = GPT.from_checkpoint(out_dir)
-        except ValueError as e:
-            raise SystemExit(f"error: {e}")
-        meta = record["meta"]
-    else:
-        model, record, meta = GPT.from_pretrained(init_from), {}, GPT2_META
+    try:  # GPT-2 comes through load_teacher, which explains a missing transformers or network in one line
+        model, record = GPT.from_checkpoint(out_dir) if init_from == "resume" else load_teacher(init_from, dev)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}")
+    meta = record["meta"]
     model.eval().to(dev)
     encode, decode = get_tokenizer(meta)
 
-    prompt = open(start[5:]).read() if start.startswith("FILE:") else start
     try:
         ids = encode(prompt)
     except ValueError as e:
@@ -97,7 +122,7 @@ def main():
     steer_vec, descriptions = None, {}
     if show_concepts or steer or compare_teacher:
         try:
-            steer_vec, descriptions, teacher = concept_tools(model, record.get("config", {}).get("sae_path"), dev)
+            steer_vec, descriptions, teacher = concept_tools(model, record, dev)
         except ValueError as e:
             raise SystemExit(f"error: {e}")
         if teacher:

@@ -16,6 +16,7 @@ give the base rate.
     python steer.py --out_dir=out/compare/cocomix_s2 --scales=-10,2,5,10 --force=False
 """
 import json
+import math
 import os
 import re
 
@@ -23,9 +24,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from concepts import concepts_file
 from configurator import configure, resolve_device
 from model import GPT, generate, steered_topk
-from sae import load_sae, load_teacher
+from sae import load_sae_and_teacher, tokenizer_of
 
 # -----------------------------------------------------------------------------
 out_dir = "out/compare/cocomix_s1"   # a CoCoMix student (train.py --mode=cocomix) on a concept world
@@ -34,7 +36,7 @@ scales = "-10,2,5,10"       # steering scales besides 1 (unsteered), in the pape
 force = True                # keep the steered concept among the TopK
 n_samples = 8               # stories per concept, scale and model
 max_new_tokens = 32
-temperature = 1.0
+temperature = 1.0           # 0: greedy decoding
 seed = 1337
 device = "auto"
 # -----------------------------------------------------------------------------
@@ -77,11 +79,56 @@ def teacher_sae_logits(teacher, sae, layer, steer=None, force=False):
     return lambda idx: teacher.logits_from(steered_sae_hidden(sae, teacher.hidden(idx, layer), steer, force), layer)
 
 
-def load_concepts(path):
-    if not os.path.exists(path):
+def parse_scales(spec):
+    """[scale, ...] from "-10,2,5,10"; a ValueError that says what is wrong otherwise."""
+    out = []
+    for item in filter(None, (s.strip() for s in spec.split(","))):
+        try:
+            scale = float(item)
+        except ValueError:
+            scale = math.nan
+        if not math.isfinite(scale):
+            raise ValueError(f"bad steering scale {item!r} in --scales={spec}: write numbers separated by commas, "
+                             "e.g. --scales=-10,2,5,10")
+        out.append(scale)
+    return out
+
+
+def teacher_and_sae(sae_path, meta, n_concepts, device):
+    """(SAE, teacher, layer) that a CoCoMix student (the meta of its data, its n_concepts) learned its concepts
+    from. Raises ValueError if the SAE cannot be read or no longer fits the student: another number of latents,
+    or a teacher that reads other tokens (either was replaced after the student was trained), or if the teacher
+    was retrained after the SAE (sae.load_sae_and_teacher)."""
+    sae, ckpt, teacher, record = load_sae_and_teacher(sae_path, device)
+    if sae.n_latents != n_concepts:
+        raise ValueError(f"{sae_path} has {sae.n_latents} latents but the student predicts {n_concepts} concepts: "
+                         "the SAE was replaced after the student was trained; retrain the student on it")
+    if tokenizer_of(record["meta"]) != tokenizer_of(meta):
+        raise ValueError(f"the teacher of {sae_path} ({ckpt['teacher_path']}) reads {record['meta']['dataset']}'s "
+                         f"tokens, not those of the student's {meta['dataset']}: it was replaced after the student "
+                         "was trained; retrain the SAE and the student on it")
+    return sae, teacher, ckpt["layer"]
+
+
+def load_concepts(path, n_latents):
+    """concepts.json (python concepts.py) of an SAE of n_latents latents on a concept world."""
+    if not os.path.isfile(path):
         raise ValueError(f"{path} not found: describe the SAE's concepts first with `python concepts.py "
                          f"--sae_path={os.path.join(os.path.dirname(path), 'sae.pt')}`")
-    return json.load(open(path))
+    try:
+        with open(path, encoding="utf-8") as f:
+            concepts = json.load(f)
+        described, planted = len(concepts["latents"]), concepts["planted"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path} is damaged or not a concepts.json ({type(e).__name__}: {e}): "
+                         "describe the SAE again with python concepts.py") from None
+    if described != n_latents:
+        raise ValueError(f"{path} describes {described} latents but the SAE has {n_latents}: it describes "
+                         "another SAE; describe this one with python concepts.py")
+    if not planted:
+        raise ValueError(f"{path} names no planted concepts: its SAE was described on data without any "
+                         "(the steering metric needs the concept world)")
+    return concepts
 
 
 def expresses(stories, concept_ids, factor_ids):
@@ -130,7 +177,17 @@ def plot(results, planted, ax):
     ax.grid(alpha=0.3)
 
 
+def check_settings():
+    """Refuse settings the metric cannot run with, before any model is loaded."""
+    for key, value, low in (("n_samples", n_samples, 1), ("max_new_tokens", max_new_tokens, 1),
+                            ("temperature", temperature, 0)):
+        if value < low:
+            raise ValueError(f"{key}={value} must be at least {low}")
+    return parse_scales(scales)
+
+
 def main():
+    scale_list = check_settings()
     dev = resolve_device(device)
     student, record = GPT.from_checkpoint(out_dir, dev)
     if not student.config.n_concepts:
@@ -139,10 +196,9 @@ def main():
     meta, sae_path = record["meta"], record["config"]["sae_path"]
     if "concepts" not in meta:
         raise ValueError(f"{out_dir} was not trained on a concept world: the steering metric needs planted concepts")
-    concepts = load_concepts(concepts_path or os.path.join(os.path.dirname(sae_path), "concepts.json"))
-    sae, ckpt = load_sae(sae_path, dev)
-    teacher, layer = load_teacher(ckpt["teacher_path"], dev)[0], ckpt["layer"]
-    planted, scale_list = concepts["planted"], [float(s) for s in scales.split(",") if s]
+    sae, teacher, layer = teacher_and_sae(sae_path, meta, student.config.n_concepts, dev)
+    concepts = load_concepts(concepts_path or concepts_file(sae_path), sae.n_latents)
+    planted = concepts["planted"]
     logits_fns = {"CoCoMix": lambda steer, f: (lambda idx: student(idx, steer=steer, force=f)[0]),
                   "teacher + SAE": lambda steer, f: teacher_sae_logits(teacher, sae, layer, steer, f)}
     block_size = min(student.config.block_size, teacher.config.block_size)
@@ -156,15 +212,18 @@ def main():
     out = {"out_dir": out_dir, "force": force, "n_samples": n_samples, "max_new_tokens": max_new_tokens,
            "temperature": temperature, "planted": planted,
            "results": {name: {str(k): v for k, v in r.items()} for name, r in results.items()}}
-    with open(os.path.join(out_dir, "steering.json"), "w") as f:
+    path = os.path.join(out_dir, "steering.json")
+    with open(path + ".tmp", "w") as f:
         json.dump(out, f, indent=1)
+    os.replace(path + ".tmp", path)
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(6, 4))
     plot(results, planted, ax)
     fig.tight_layout()
-    fig.savefig(os.path.join(out_dir, "steering.png"), dpi=120)
+    fig.savefig(os.path.join(out_dir, "steering.tmp.png"), dpi=120)
+    os.replace(os.path.join(out_dir, "steering.tmp.png"), os.path.join(out_dir, "steering.png"))
     print(f"wrote {out_dir}/steering.json and steering.png")
 
 

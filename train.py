@@ -10,12 +10,18 @@ DDP on one node with 8 GPUs:
 DDP on 2 nodes (run on each, with NODE_RANK 0 and 1):
     torchrun --nproc_per_node=8 --nnodes=2 --node_rank=$NODE_RANK --master_addr=$MASTER --master_port=29500 \
         train.py config/owt_ntp_69m.py
+Resume a stopped run. It keeps its own settings; a flag may change only how long it trains, how often it
+evaluates, logs and saves, where its data lies and the machine (RESUME_MAY_CHANGE in train.py):
+    python train.py --init_from=resume --out_dir=out/ntp --max_iters=2000
 """
+import ast
 import gc
 import json
 import math
 import os
 import random
+import shutil
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import asdict
@@ -25,9 +31,14 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+try:
+    import fcntl  # the out_dir lock; POSIX only
+except ImportError:
+    fcntl = None
+
 from configurator import autocast_for, configure, resolve_device
 from model import GPT, GPTConfig
-from prepare import load_meta, prepare_command
+from prepare import fingerprint, load_meta, prepare_command
 from sae import load_concept_extractor
 
 # -----------------------------------------------------------------------------
@@ -39,6 +50,7 @@ log_interval = 10
 eval_iters = 20             # batches per split per evaluation
 always_save_checkpoint = True
 init_from = "scratch"       # "scratch", "resume" (from out_dir/ckpt.pt) or a GPT-2 name like "gpt2"
+overwrite = False           # a new run may replace the run in out_dir (deletes its ckpt.pt and metrics.jsonl)
 # data
 dataset = "concepts"        # reads data/<dataset>/{train,val}.bin written by prepare.py
 data_root = "data"
@@ -77,6 +89,127 @@ compile = True              # torch.compile the model; applies on CUDA only
 seed = 1337
 # -----------------------------------------------------------------------------
 config = configure(globals())
+RUN_KEYS = ("out_dir", "init_from", "overwrite")  # this command, not the run: never taken from a checkpoint
+# What a flag may change on resume: how long to train and to decay the learning rate, how often to evaluate, log
+# and save, where the data lies (its fingerprint is checked) and the machine. The rest (model, data, batches,
+# optimizer, seed, CoCoMix) is the run itself.
+RESUME_MAY_CHANGE = ("max_iters", "lr_decay_iters", "eval_interval", "log_interval", "eval_iters",
+                     "always_save_checkpoint", "data_root", "device", "dtype", "compile")
+
+
+def fail(message):
+    raise SystemExit(f"error: {message}")
+
+
+def keys_given(argv):
+    """The config keys this command line sets: its --key flags and the names its config files assign."""
+    keys = set()
+    for arg in argv:
+        if arg.startswith("--"):
+            keys.add(arg[2:].partition("=")[0])
+        else:
+            tree = ast.parse(open(arg).read())
+            keys |= {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
+    return keys
+
+
+def load_checkpoint(path):
+    """(model, record) of the run to resume, or a one-line error saying why it cannot be resumed."""
+    try:
+        return GPT.from_checkpoint(path)
+    except ValueError as e:
+        fail(e)
+    except Exception as e:  # torch.load's errors for a truncated, empty or foreign file vary in type
+        fail(f"{path} is damaged or not a train.py checkpoint ({type(e).__name__}): restore it from a copy, or "
+             "start the run over with --overwrite")
+
+
+def resume_config(saved, given):
+    """Restore the run's own settings from its checkpoint. A setting given here that contradicts one is an
+    error, except those in RESUME_MAY_CHANGE; returns what those changed, for the log."""
+    changes = []
+    for key, value in saved.items():
+        if key not in config or key in RUN_KEYS or config[key] == value:
+            continue
+        if key not in given:
+            config[key] = value
+        elif key in RESUME_MAY_CHANGE:
+            changes.append(f"{key} {value!r} -> {config[key]!r}")
+        else:
+            fail(f"{key}={config[key]!r} contradicts the checkpoint's {key}={value!r}: a resumed run keeps its "
+                 f"settings (a flag may change only {', '.join(RESUME_MAY_CHANGE)}); drop it, or start a new run "
+                 "in another --out_dir")
+    globals().update(config)
+    return changes
+
+
+def check_settings():
+    """Stop, in one line, at the first setting the run cannot use; before anything is written."""
+    for key, value in config.items():
+        if value is None and key not in ("lr_decay_iters", "warmup_iters"):
+            fail(f"{key}=None: give it a value")
+    checks = [(key, config[key] is None or config[key] >= low, f"{low} or more") for key, low in dict(
+        eval_interval=1, log_interval=1, eval_iters=1, gradient_accumulation_steps=1, batch_size=1, block_size=1,
+        n_layer=1, n_head=1, n_embd=1, k_attr=1, k_concepts=1, max_iters=0, lr_decay_iters=1, warmup_iters=0).items()]
+    checks += [("learning_rate", 0 < learning_rate < math.inf, "a number above 0"),
+               ("dropout", 0 <= dropout < 1, "0 <= dropout < 1"), ("beta1", 0 <= beta1 < 1, "0 <= beta1 < 1"),
+               ("beta2", 0 <= beta2 < 1, "0 <= beta2 < 1"), ("min_lr_ratio", 0 <= min_lr_ratio <= 1, "0 to 1"),
+               ("weight_decay", 0 <= weight_decay < math.inf, "0 or more"),
+               ("grad_clip", 0 <= grad_clip < math.inf, "0 (off) or more"),
+               ("lam_concept", 0 <= lam_concept < math.inf, "0 or more")]
+    checks += [(key, config[key] in choices, " or ".join(map(repr, choices))) for key, choices in dict(
+        mode=("ntp", "cocomix"), mixing=("interleave", "add", "none"),
+        concept_method=("attribution", "attribution_pre", "activation")).items()]
+    for key, ok, allowed in checks:
+        if not ok:
+            fail(f"{key}={config[key]!r} is not allowed: use {allowed}")
+    if init_from not in ("scratch", "resume") and not init_from.startswith("gpt2"):
+        fail(f"unknown init_from={init_from!r}: use 'scratch', 'resume' or a GPT-2 name like 'gpt2'")
+    if init_from == "resume" and overwrite:
+        fail("--overwrite starts a new run and --init_from=resume continues one: give only one of them")
+    if n_embd % n_head:
+        fail(f"n_embd={n_embd} is not a multiple of n_head={n_head}: each head takes n_embd/n_head dimensions")
+    if mode == "cocomix" and not 0 < insert_layer < n_layer:
+        fail(f"insert_layer={insert_layer} must leave blocks on both sides: use 1..{n_layer - 1}")
+    if gradient_accumulation_steps % int(os.environ.get("WORLD_SIZE", 1)):
+        fail(f"gradient_accumulation_steps={gradient_accumulation_steps} must be a multiple of the "
+             f"{os.environ['WORLD_SIZE']} processes")
+    if not out_dir:
+        fail("out_dir is empty: give --out_dir=DIR")
+    try:
+        is_cuda = torch.device(resolve_device(device)).type == "cuda"
+    except RuntimeError:
+        fail(f"unknown device={device!r}: use auto, cpu, cuda or cuda:N")
+    if is_cuda and resolve_device("auto") != "cuda":  # "auto" is cuda exactly when one is visible
+        fail(f"--device={device} but no CUDA device is visible: use --device=cpu")
+
+
+def check_data():
+    """The dataset's meta.json, once both splits are known to hold at least one window of block_size+1 tokens."""
+    for split in ("train", "val"):
+        path = os.path.join(data_dir, f"{split}.bin")
+        if not os.path.isfile(path):
+            fail(f"{path} not found: run `{prepare_command(data_dir)}` first")
+        if (n := os.path.getsize(path) // 2) < block_size + 1:
+            fail(f"{data_dir} has {n} {split} tokens, fewer than one window of block_size+1={block_size + 1}: "
+                 "lower --block_size or give more text")
+    try:
+        return load_meta(data_dir)
+    except ValueError as e:  # a JSONDecodeError
+        fail(f"{data_dir}/meta.json is damaged ({e}): run `{prepare_command(data_dir)}` again")
+
+
+# on resume the run's own settings come first: everything below is checked and built from them
+ckpt_path = os.path.join(out_dir, "ckpt.pt")
+checkpoint, changes = None, []
+if init_from == "resume":
+    model, checkpoint = load_checkpoint(ckpt_path)
+    changes = resume_config(checkpoint["config"], keys_given(sys.argv[1:]))
+check_settings()
+held = [f for f in ("ckpt.pt", "metrics.jsonl") if os.path.exists(os.path.join(out_dir, f))]
+if init_from != "resume" and held and not overwrite:
+    fail(f"{out_dir} already holds a run ({', '.join(held)}): resume it with --init_from=resume, replace it with "
+         "--overwrite, or use another --out_dir")
 
 
 def setup_distributed():
@@ -95,9 +228,6 @@ if world_size > 1 and device == "cuda":
 master = rank == 0
 device_type = "cuda" if device.startswith("cuda") else "cpu"
 ptdtype, autocast = autocast_for(device, dtype)
-if gradient_accumulation_steps % world_size:
-    raise SystemExit(f"error: gradient_accumulation_steps={gradient_accumulation_steps} must be a multiple of "
-                     f"the {world_size} processes")
 local_micro_steps = gradient_accumulation_steps // world_size
 tokens_per_iter = gradient_accumulation_steps * batch_size * block_size
 lr_decay_iters = lr_decay_iters or max_iters
@@ -108,14 +238,16 @@ torch.backends.cudnn.allow_tf32 = True
 if master:
     print(f"{world_size} process(es), {tokens_per_iter:,} tokens per iteration, device {device}, "
           f"{str(ptdtype).removeprefix('torch.')}")
+    if checkpoint is not None:
+        print(f"resuming {ckpt_path} with its own settings" + (f", changed: {', '.join(changes)}" if changes else ""))
 
 # -----------------------------------------------------------------------------
 # data: the uint16 token memmaps from prepare.py
 data_dir = os.path.join(data_root, dataset)
-for split in ("train", "val"):
-    if not os.path.exists(os.path.join(data_dir, f"{split}.bin")):
-        raise SystemExit(f"error: {data_dir}/{split}.bin not found: run `{prepare_command(data_dir)}` first")
-meta = load_meta(data_dir)
+meta = check_data()
+if checkpoint is not None and fingerprint(meta) != fingerprint(checkpoint["meta"]):
+    fail(f"{data_dir} was re-prepared since this run started (its meta.json differs from the one in {ckpt_path}): "
+         "restore the data the run was trained on, or start a new run in another --out_dir")
 
 
 def get_batch(split, it, micro):
@@ -135,7 +267,6 @@ def get_batch(split, it, micro):
 
 # -----------------------------------------------------------------------------
 # model and optimizer
-ckpt_path = os.path.join(out_dir, "ckpt.pt")
 iter_num, best_val_loss = 0, float("inf")
 vocab_size = -(-meta["vocab_size"] // 64) * 64  # pad to a multiple of 64 for faster matmuls
 model_args = dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size, bias=bias,
@@ -146,49 +277,88 @@ if mode == "cocomix":
         extractor = load_concept_extractor(sae_path, device, k_attr=k_attr, method=concept_method)
         extractor.check_data(meta, dataset)  # the teacher must read the same tokens as the student
     except ValueError as e:
-        raise SystemExit(f"error: {e}")
+        fail(e)
     if block_size > extractor.teacher.config.block_size:
-        raise SystemExit(f"error: block_size={block_size} exceeds the teacher's {extractor.teacher.config.block_size}: "
-                         f"the teacher labels the student's exact windows, so use --block_size<="
-                         f"{extractor.teacher.config.block_size}")
-    if not 0 < insert_layer < n_layer:
-        raise SystemExit(f"error: insert_layer={insert_layer} must leave blocks on both sides: use 1..{n_layer - 1}")
+        fail(f"block_size={block_size} exceeds the teacher's {extractor.teacher.config.block_size}: the teacher "
+             f"labels the student's exact windows, so use --block_size<={extractor.teacher.config.block_size}")
+    for key in ("k_attr", "k_concepts"):
+        if config[key] > extractor.n_concepts:
+            fail(f"{key}={config[key]} exceeds the SAE's {extractor.n_concepts} concepts: "
+                 f"use 1..{extractor.n_concepts}")
     model_args.update(n_concepts=extractor.n_concepts, k_concepts=k_concepts, insert_layer=insert_layer,
                       mixing=mixing)
-elif mode != "ntp":
-    raise SystemExit(f"error: unknown mode={mode!r}: use 'ntp' or 'cocomix'")
-checkpoint = None
 if init_from == "scratch":
     model = GPT(GPTConfig(**model_args))
 elif init_from == "resume":
-    if not os.path.exists(ckpt_path):
-        raise SystemExit(f"error: {ckpt_path} not found: train first, or drop --init_from=resume")
-    try:
-        model, checkpoint = GPT.from_checkpoint(ckpt_path)
-    except ValueError as e:
-        raise SystemExit(f"error: {e}")
+    if model_args.get("n_concepts") != checkpoint["model_args"].get("n_concepts"):
+        fail(f"{sae_path} has {model_args['n_concepts']} concepts but the checkpoint's model predicts "
+             f"{checkpoint['model_args']['n_concepts']}: the SAE was retrained since; restore it, or start a new run")
     model_args = checkpoint["model_args"]
     iter_num, best_val_loss = checkpoint["iter_num"], checkpoint["best_val_loss"]
-elif init_from.startswith("gpt2"):
-    model = GPT.from_pretrained(init_from, dropout=dropout)
-    model_args = asdict(model.config)
 else:
-    raise SystemExit(f"error: unknown init_from={init_from!r}: use 'scratch', 'resume' or a GPT-2 name like 'gpt2'")
+    try:
+        model = GPT.from_pretrained(init_from, dropout=dropout)
+    except (ImportError, OSError) as e:
+        fail(f"could not load the GPT-2 weights {init_from!r} ({type(e).__name__}): transformers downloads them "
+             "from the Hugging Face hub once, so connect once, or set HF_HOME to a cache that holds them")
+    model_args = asdict(model.config)
 if block_size > model.config.block_size:
-    raise SystemExit(f"error: block_size={block_size} exceeds the model's {model.config.block_size}: "
-                     f"use --block_size={model.config.block_size} or less")
+    fail(f"block_size={block_size} exceeds the model's {model.config.block_size}: "
+         f"use --block_size={model.config.block_size} or less")
 if meta["vocab_size"] > model.config.vocab_size:
-    raise SystemExit(f"error: dataset {dataset} has {meta['vocab_size']} tokens but the model only "
-                     f"{model.config.vocab_size}: prepare the data with the model's tokenizer")
+    fail(f"dataset {dataset} has {meta['vocab_size']} tokens but the model only {model.config.vocab_size}: "
+         "prepare the data with the model's tokenizer")
 model.to(device)
+
+
+def claim_out_dir():
+    """Create out_dir and lock it (out_dir/.lock) for this process's life; the OS drops a flock when its process
+    dies, even by kill -9, so a stale lock never blocks. Stops if out_dir is not writable or another run holds it."""
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        if not os.access(out_dir, os.W_OK):
+            raise PermissionError(13, "not writable")  # else an existing .lock would still open
+        lock = open(os.path.join(out_dir, ".lock"), "a+")
+    except OSError as e:
+        fail(f"cannot write to out_dir {out_dir} ({e.strerror}): choose a writable --out_dir")
+    if fcntl:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            fail(f"{out_dir} is in use by another run (pid {lock.read().strip() or '?'}): wait for it or stop it, "
+                 "or use another --out_dir")
+    lock.truncate(0)
+    lock.write(f"{os.getpid()}\n")
+    lock.flush()
+    return lock
+
+
+# only now, all inputs checked, is anything written: a run stopped by bad input leaves nothing behind
+metrics_path = os.path.join(out_dir, "metrics.jsonl")
 if master:
-    os.makedirs(out_dir, exist_ok=True)  # only now: a run stopped by bad input leaves nothing behind
+    lock = claim_out_dir()
+    for stale in (ckpt_path + ".tmp", metrics_path + ".tmp"):  # left by a killed save
+        if os.path.exists(stale):
+            os.remove(stale)
+    if init_from != "resume" and os.path.exists(ckpt_path):  # --overwrite: the old run goes
+        os.remove(ckpt_path)
+    # a resumed run re-evaluates at its first iteration: keep the rows before it (none for a new run), and not a
+    # row cut short by a kill; atomically (write, then rename), so a kill here loses nothing
+    rows = open(metrics_path).readlines() if os.path.exists(metrics_path) else []
+    with open(metrics_path + ".tmp", "w") as f:
+        f.writelines(r for r in rows if r.endswith("\n") and json.loads(r)["iter"] < iter_num)
+    os.replace(metrics_path + ".tmp", metrics_path)
 optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type)
 if checkpoint is not None:
     optimizer.load_state_dict(checkpoint["optimizer"])
     rng = checkpoint["rng"]
-    random.setstate(rng["python"]), np.random.set_state(rng["numpy"]), torch.set_rng_state(rng["torch"][rank])
+    # one dropout stream per rank of the saved run; with another process count, rank r continues stream
+    # r % (old count): the data batches do not depend on ranks, so only the dropout noise differs
+    random.setstate(rng["python"]), np.random.set_state(rng["numpy"])
+    torch.set_rng_state(rng["torch"][rank % len(rng["torch"])])
     checkpoint = None  # free memory
+saved_iter = iter_num if init_from == "resume" else None  # the iteration of the checkpoint on disk
 scaler = torch.amp.GradScaler(device_type, enabled=(ptdtype == torch.float16))
 raw_model = model
 if compile and device_type == "cuda":
@@ -262,8 +432,21 @@ def estimate_loss():
     return out
 
 
+def kept():
+    return f"{ckpt_path} (iteration {saved_iter}) is kept" if saved_iter else "no checkpoint was written"
+
+
+def stop_nonfinite(what):
+    """A non-finite loss or weight does not recover: stop before it can reach a checkpoint."""
+    fail(f"{what} at iteration {iter_num}: the learning rate ({learning_rate:g}) is likely too high, or another "
+         f"setting is bad; {kept()}")
+
+
 def save_checkpoint():
-    """Atomically (write, then rename) save everything a bit-exact resume needs."""
+    """Atomically (write, then rename) save everything a bit-exact resume needs. Never a non-finite model;
+    a failed write (a full disk) keeps the last checkpoint."""
+    if not torch.stack([p.isfinite().all() for p in raw_model.parameters()]).all():
+        stop_nonfinite("the weights are not finite")
     rng_torch = [torch.get_rng_state()]
     if world_size > 1:  # each rank has its own dropout stream
         rng_torch = [None] * world_size
@@ -272,22 +455,26 @@ def save_checkpoint():
         return
     ckpt = {"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(), "model_args": model_args,
             "iter_num": iter_num, "best_val_loss": best_val_loss, "config": config, "meta": meta,
+            "data_fingerprint": fingerprint(meta),
             "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": rng_torch}}
-    torch.save(ckpt, ckpt_path + ".tmp")
+    try:
+        torch.save(ckpt, ckpt_path + ".tmp")
+    except (OSError, RuntimeError) as e:  # a full disk shows as RuntimeError("... unexpected pos ...")
+        if os.path.exists(ckpt_path + ".tmp"):
+            os.remove(ckpt_path + ".tmp")
+        free = shutil.disk_usage(out_dir).free >> 20
+        fail(f"could not write {ckpt_path}.tmp ({type(e).__name__}, {free} MiB free): the disk is full or not "
+             f"writable; free space, then resume with --init_from=resume; {kept()}")
     os.replace(ckpt_path + ".tmp", ckpt_path)
 
 
 def log_metrics(row):
-    with open(os.path.join(out_dir, "metrics.jsonl"), "a") as f:
-        f.write(json.dumps(row) + "\n")
+    try:
+        with open(metrics_path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+    except OSError as e:  # a row cut short here is dropped on resume
+        fail(f"could not append to {metrics_path} ({e.strerror}): the disk is full or not writable; {kept()}")
 
-
-# a resumed run re-evaluates at its first iteration; drop log rows from then on so none appear twice
-metrics_path = os.path.join(out_dir, "metrics.jsonl")
-if master and os.path.exists(metrics_path):
-    rows = [r for r in open(metrics_path) if init_from == "resume" and json.loads(r)["iter"] < iter_num]
-    with open(metrics_path, "w") as f:
-        f.writelines(rows)
 
 # -----------------------------------------------------------------------------
 # the training loop
@@ -302,6 +489,9 @@ while True:
     if iter_num % eval_interval == 0 or iter_num == max_iters:
         train_time = time.time() - t_interval
         evals = estimate_loss()
+        for key, value in evals.items():
+            if not math.isfinite(value):
+                stop_nonfinite(f"the evaluated {key} is {value}")
         tokens_per_sec = iters_in_interval * tokens_per_iter / train_time if iters_in_interval else None
         mfu = raw_model.estimate_mfu(tokens_per_sec, block_size, device_name) if tokens_per_sec else None
         if master:
@@ -313,6 +503,7 @@ while True:
         if iter_num > 0 and (evals["val_loss"] < best_val_loss or always_save_checkpoint):
             best_val_loss = min(best_val_loss, evals["val_loss"])
             save_checkpoint()
+            saved_iter = iter_num
         t_interval, iters_in_interval = time.time(), 0
     if iter_num >= max_iters:
         break
@@ -337,7 +528,9 @@ while True:
     iters_in_interval += 1
 
     if iter_num % log_interval == 0:
-        loss_sum = all_reduce_sum(loss_sum.item()) / world_size
+        loss_sum = all_reduce_sum(loss_sum.item()) / world_size  # checked here, where it is on the host anyway
+        if not math.isfinite(loss_sum):
+            stop_nonfinite(f"the training loss is {loss_sum}")
         if master:
             dt = (time.time() - t0) / log_interval
             print(f"iter {iter_num}: loss {loss_sum:.4f}, lr {lr:.2e}, {dt * 1000:.1f} ms/iter, "

@@ -8,7 +8,7 @@ from concepts import (auroc, best_latents, concept_aurocs, concept_recovery, loa
                       top_activations)
 from conftest import run_script
 from sae import SAE
-from steer import expresses, parse_steer, steer_vector, steered_sae_hidden, steering_success
+from steer import expresses, parse_scales, parse_steer, steer_vector, steered_sae_hidden, steering_success
 
 
 def test_top_activations_lists_each_latents_strongest_positions_first():
@@ -77,6 +77,10 @@ def test_steering_specs_parse_or_fail_with_a_message_that_says_how_to_fix_them()
             parse_steer(bad, 8)
     with pytest.raises(ValueError, match=r"concept 8 does not exist: the model has concepts 0\.\.7"):
         parse_steer("8:2", 8)
+    assert parse_scales("-10, 2,5e0,") == [-10.0, 2.0, 5.0] and parse_scales("") == []
+    for bad in ("2,ten", "inf", "1,nan"):
+        with pytest.raises(ValueError, match="write numbers separated by commas"):
+            parse_scales(bad)
 
 
 def test_steering_a_teacher_latent_adds_its_scaled_decoder_direction_and_keeps_the_error():

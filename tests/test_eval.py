@@ -2,6 +2,7 @@ import json
 import math
 import os
 import string
+import sys
 from dataclasses import asdict
 from types import SimpleNamespace
 
@@ -15,7 +16,7 @@ import compare
 import eval as E
 from conftest import run_script
 from model import GPT, GPTConfig
-from prepare import load_planted_concepts, load_tokens, prepare_concepts
+from prepare import get_tokenizer, load_planted_concepts, load_tokens, prepare_concepts
 from world import concept_probe_items
 
 # GPT-2's pre-tokenizer over single bytes: offline, and a string's tokens are simply its UTF-8 bytes
@@ -389,3 +390,28 @@ def test_lm_eval_harness_through_the_adapter_agrees_with_the_native_tasks(tmp_pa
             assert harness[f"local_{task}"][f"{m},none"] == pytest.approx(ours, rel=1e-6), (task, m)
     out = lm.generate_until([Instance("generate_until", {}, ("ab", {"until": ["\n"], "max_gen_toks": 4}), 0)])
     assert isinstance(out[0], str) and "\n" not in out[0]
+
+
+def test_the_adapter_generates_greedily_and_never_decodes_the_ids_that_pad_the_vocabulary(monkeypatch):
+    for name in ("lm_eval", "lm_eval.api", "lm_eval.api.model"):  # the adapter needs only lm_eval's LM base class
+        monkeypatch.setitem(sys.modules, name, SimpleNamespace(LM=object))
+    model = tiny_gpt(vocab_size=320)
+    with torch.no_grad():  # every position's logits are W @ 1, and padded id 300 beats every real token
+        model.transformer.ln_f.weight.zero_()
+        model.transformer.ln_f.bias.fill_(1.0)
+        model.lm_head.weight[300] = 10.0
+    x = torch.tensor([tokens("ab")])
+    assert model.generate(x, 1, temperature=0)[0, -1] == 300  # what the adapter used to decode, and crash on
+    lm = E.make_lm_eval_model(model, GPT2_META, enc=TINY_ENC)
+    out = lm.generate_until([SimpleNamespace(args=("ab", {"until": ["\n"], "max_gen_toks": 4}))])
+    best = model.lm_head.weight[:EOT + 1].sum(1).argmax().item()  # the best real token, every time
+    assert out == [TINY_ENC.decode([best] * 4).split("\n")[0]]
+
+
+def test_a_request_without_context_or_continuation_tokens_is_refused_by_name():
+    with pytest.raises(ValueError, match="request 1 has no continuation token"):
+        E.loglikelihoods(tiny_gpt(), [([1], [2]), ([1], [])])
+    words = {"dataset": "w", "tokenizer": "words", "vocab_size": 2, "itos": ["the", "<|endoftext|>"], "eot_token": 1}
+    row = {"sentence": "the _", "option1": "the", "option2": "the", "answer": "1"}  # nothing after the blank
+    with pytest.raises(SystemExit, match=r"winogrande row 2: the continuation ' ' encodes to no tokens"):
+        E.run_task(tiny_gpt(), "winogrande", [{**row, "sentence": "the _ the"}, row], get_tokenizer(words)[0], 1)

@@ -1,9 +1,11 @@
+import json
 import runpy
 
 import pytest
 import torch
 
-from model import GPT, GPTConfig, generate, layer_norm, steered_topk
+from model import GPT, GPTConfig, check_trained_on, generate, layer_norm, steered_topk
+from prepare import fingerprint
 
 TINY = dict(block_size=32, vocab_size=96, n_layer=3, n_head=2, n_embd=32)
 
@@ -89,6 +91,56 @@ def test_a_checkpoint_loads_with_its_weights_settings_and_dataset_meta(tmp_path)
     torch.save({"model": model.state_dict(), "model_args": TINY}, tmp_path / "old.pt")
     with pytest.raises(ValueError, match="records no dataset meta"):
         GPT.from_checkpoint(str(tmp_path / "old.pt"))
+
+
+def test_a_damaged_or_foreign_checkpoint_is_named_in_a_one_line_error(tmp_path):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(**TINY))
+    torch.save({"model": model.state_dict(), "model_args": TINY, "meta": {"dataset": "toy"}}, tmp_path / "ckpt.pt")
+    good = (tmp_path / "ckpt.pt").read_bytes()
+    (tmp_path / "half.pt").write_bytes(good[:len(good) // 2])  # a save cut short by a full disk or a kill
+    (tmp_path / "empty.pt").write_bytes(b"")
+    (tmp_path / "notes.pt").write_text("hello")
+    torch.save({"sae": {}, "teacher_path": "out/teacher"}, tmp_path / "sae.pt")
+    torch.save({"model": model.state_dict(), "model_args": {**TINY, "n_embd": 64}, "meta": {}}, tmp_path / "other.pt")
+    (tmp_path / "dir.pt").mkdir()
+    for name, reason in (("half.pt", "cut short or corrupt: "), ("empty.pt", "the file is empty"),
+                         ("notes.pt", "not a torch.save file"), ("other.pt", "its weights do not fit its model_args")):
+        with pytest.raises(ValueError, match=rf"{name} is damaged or not a train.py checkpoint \(({reason})"):
+            GPT.from_checkpoint(str(tmp_path / name))
+    with pytest.raises(ValueError, match=r"sae.pt is an SAE \(sae.py\), not a train.py checkpoint"):
+        GPT.from_checkpoint(str(tmp_path / "sae.pt"))
+    with pytest.raises(ValueError, match=r"dir.pt is a directory, not a train.py checkpoint"):
+        GPT.from_checkpoint(str(tmp_path / "dir.pt"))
+
+
+def test_a_checkpoint_refuses_a_dataset_re_prepared_since_it_learned_it(tmp_path):
+    meta = {"dataset": "story", "tokenizer": "chars", "vocab_size": 3, "itos": ["a", "b", " "], "source": "a.txt"}
+    (tmp_path / "story").mkdir()
+    (tmp_path / "story" / "meta.json").write_text(json.dumps(meta))
+    check_trained_on({"meta": meta}, str(tmp_path / "story"), "out/x/ckpt.pt")  # the same data: fine
+    check_trained_on({"meta": {}, "data_fingerprint": fingerprint(meta)}, str(tmp_path / "story"), "out/x")
+    (tmp_path / "story" / "meta.json").write_text(json.dumps({**meta, "source": "b.txt"}))
+    with pytest.raises(ValueError, match=r"story/meta.json was re-prepared since out/x/ckpt.pt was trained \(its "
+                                         r"fingerprint is \w+, the checkpoint's \w+\): .* again \(a.txt\)"):
+        check_trained_on({"meta": meta}, str(tmp_path / "story"), "out/x/ckpt.pt")
+
+
+def test_temperature_zero_decodes_greedily_and_top_k_zero_keeps_every_token():
+    torch.manual_seed(0)
+    table = torch.randn(12, 12)
+    logits_fn = lambda idx: table[idx]  # noqa: E731  the next token depends on the last one only
+    start = torch.zeros(3, 1, dtype=torch.long)
+    greedy = generate(logits_fn, start, 8, 4, temperature=0)
+    expected = [0]
+    for _ in range(8):
+        expected.append(table[expected[-1]].argmax().item())
+    assert greedy.tolist() == [expected] * 3
+    assert (generate(logits_fn, start, 8, 4, temperature=0, vocab_size=5) < 5).all()
+    torch.manual_seed(1)
+    everything = generate(logits_fn, start, 8, 4, top_k=0)
+    torch.manual_seed(1)
+    assert torch.equal(everything, generate(logits_fn, start, 8, 4, top_k=None))
 
 
 def test_generation_never_samples_the_ids_that_pad_the_vocabulary():

@@ -54,3 +54,98 @@ def test_pipeline_runs_every_stage_compares_and_skips_finished_stages_when_rerun
     assert sample.count("---------------") == 1
     second = run_script(*args).stdout
     assert second.count("skipping") == 7  # prepare, teacher, sae, ntp, cocomix, concepts, steering
+
+
+# -----------------------------------------------------------------------------
+# when a stage runs again: pipeline.stage on a stand-in script that records how it was called
+
+FAKE_STAGE = """
+import json, os, sys
+out = next(a.split("=", 1)[1] for a in sys.argv if a.startswith("--out_dir="))
+os.makedirs(out, exist_ok=True)
+with open(os.path.join(out, "calls.jsonl"), "a") as f:
+    f.write(json.dumps(sys.argv[1:]) + "\\n")
+die = os.environ.get("FAKE_DIE", "")
+if die == "before_ckpt":
+    sys.exit(1)
+with open(os.path.join(out, "ckpt.pt"), "a") as f:  # a checkpoint grows with every save
+    f.write("step\\n")
+if die == "after_ckpt":
+    sys.exit(1)
+open(os.path.join(out, "plot.png"), "w").write("png")
+"""
+
+
+def calls(home):
+    return [json.loads(line) for line in open(home / "calls.jsonl")]
+
+
+@pytest.fixture
+def fake(tmp_path, monkeypatch):
+    """(a function that runs the stand-in as pipeline.stage, its output directory, the input file it reads)."""
+    import pipeline
+    script, home, config = tmp_path / "fake.py", tmp_path / "out", tmp_path / "config.py"
+    script.write_text(FAKE_STAGE)
+    config.write_text("x = 1\n")
+
+    def run(*args, die="", **kw):
+        monkeypatch.setenv("FAKE_DIE", die)
+        pipeline.stage("fake", [str(script), f"--out_dir={home}", *args], str(home), ["ckpt.pt", "plot.png"],
+                       [str(config)], **kw)
+    return run, home, config
+
+
+def test_a_stage_is_skipped_only_when_finished_with_the_same_args_and_inputs_and_all_its_outputs(fake):
+    run, home, config = fake
+    run("--x=1")
+    run("--x=1")
+    assert len(calls(home)) == 1  # finished: skipped
+    (home / "plot.png").unlink()
+    run("--x=1")
+    assert len(calls(home)) == 2  # an output is missing: runs again
+    config.write_text("x = 2\n")
+    run("--x=1")
+    assert len(calls(home)) == 3  # an input changed
+    run("--x=2")
+    assert len(calls(home)) == 4  # its settings changed
+    with pytest.raises(SystemExit, match="stage 'fake' failed"):
+        run("--x=2", "--y=1", die="after_ckpt")  # killed after one output, before the other: the old plot stays
+    assert (home / "plot.png").exists()
+    run("--x=2", "--y=1")
+    assert len(calls(home)) == 6  # so the plot is made again
+
+
+def test_a_training_stage_resumes_its_own_run_and_starts_over_when_its_settings_changed(fake):
+    run, home, _ = fake
+    train = dict(checkpoint="ckpt.pt", fresh=["--overwrite"])
+    with pytest.raises(SystemExit):
+        run("--max_iters=10", die="after_ckpt", **train)
+    run("--max_iters=10", **train)
+    run("--max_iters=10", **train)
+    assert [c[1:] for c in calls(home)] == [["--max_iters=10"], ["--max_iters=10", "--init_from=resume"]]
+    with pytest.raises(SystemExit):  # new settings: starts over; killed before it replaced the old checkpoint
+        run("--max_iters=20", die="before_ckpt", **train)
+    run("--max_iters=20", **train)  # the checkpoint there is still the old run's: start over, not resume it
+    assert [c[1:] for c in calls(home)][2:] == [["--max_iters=20", "--overwrite"]] * 2
+    (home / "fake.stamp.json").unlink()  # a checkpoint nobody recorded the settings of: never replaced
+    with pytest.raises(SystemExit, match="holds a run the pipeline did not record"):
+        run("--max_iters=20", **train)
+
+
+def test_new_student_settings_retrain_the_students_and_what_reads_them_but_nothing_upstream(tiny_run):
+    """Runs last in this file: it changes the shared toy run."""
+    root, args, _ = tiny_run
+    compare_md = (root / "out" / "compare" / "compare.md").read_text()
+    out = run_script(*[a for a in args if not a.startswith("--max_iters")], "--max_iters=30").stdout
+    for name in ("prepare", "teacher", "sae", "concepts"):
+        assert f"== {name}: " in out and any(line.startswith(f"== {name}: ") and "skipping" in line
+                                             for line in out.splitlines())
+    for name in ("ntp seed 1", "cocomix seed 1"):
+        assert f"== {name}: its settings or inputs changed" in out
+        assert any(line.startswith(f"== {name}: python train.py") and line.endswith("--overwrite")
+                   for line in out.splitlines())
+    assert "== steering: its settings or inputs changed" in out  # it reads the retrained CoCoMix student
+    for method in ("ntp", "cocomix"):
+        log = [json.loads(r) for r in open(root / "out" / "compare" / f"{method}_s1" / "metrics.jsonl")]
+        assert log[-1]["iter"] == 30 and [r["iter"] for r in log] == sorted({r["iter"] for r in log})
+    assert (root / "out" / "compare" / "compare.md").read_text() != compare_md

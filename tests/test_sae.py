@@ -9,8 +9,9 @@ import torch.nn.functional as F
 from conftest import run_script
 from model import GPT, GPTConfig
 from model import layer_norm
-from sae import (SAE, ConceptExtractor, auxk_loss, check_vocab, densify, fvu, load_concept_extractor, load_sae,
-                 sae_from_openai, topk_relu)
+from prepare import fingerprint
+from sae import (SAE, ActivationStream, ConceptExtractor, auxk_loss, check_vocab, densify, fvu, load_concept_extractor,
+                 load_sae, sae_from_openai, sae_inputs_changed, save_checkpoint, topk_relu, train)
 
 TEACHER = dict(block_size=16, vocab_size=24, n_layer=3, n_head=2, n_embd=32)
 
@@ -164,6 +165,8 @@ def train_briefly(model, tokens, steps=150):
     model.train().requires_grad_(True)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     gen = torch.Generator().manual_seed(0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # matmuls this small only contend across threads (10x slower on a busy machine)
     for _ in range(steps):
         ix = torch.randint(len(tokens) - 17, (16,), generator=gen).tolist()
         x = torch.from_numpy(np.stack([tokens[i:i + 17] for i in ix]).astype(np.int64))
@@ -171,13 +174,18 @@ def train_briefly(model, tokens, steps=150):
         opt.zero_grad()
         loss.backward()
         opt.step()
+    torch.set_num_threads(threads)
     return model.eval().requires_grad_(False)
 
 
 @pytest.fixture
 def teacher_and_data(tmp_path):
+    return make_teacher_and_data(tmp_path)
+
+
+def make_teacher_and_data(tmp_path):
     """A toy concept world (two document factors choose the words) in prepare.py's format, and a tiny teacher
-    checkpoint in train.py's format."""
+    checkpoint in train.py's format: (its path, the data_root)."""
     rng = np.random.default_rng(0)
     root = tmp_path / "data"
     d = root / "toyworld"
@@ -220,6 +228,9 @@ def test_trains_saves_a_usable_checkpoint_and_resumes(teacher_and_data, tmp_path
     assert not os.path.exists(out / "sae.pt.tmp")
     assert (ckpt["teacher_path"], ckpt["layer"], ckpt["k"], ckpt["n_latents"], ckpt["n_inputs"], ckpt["normalize"]) == \
         (teacher_path, 1, 4, 32, 32, True)
+    meta = json.loads(open(os.path.join(root, "toyworld", "meta.json")).read())
+    assert ckpt["data_fingerprint"] == fingerprint(meta) and ckpt["teacher_id"]["data"] == fingerprint(meta)
+    assert sae_inputs_changed(ckpt) is None
     m = ckpt["metrics"]
     assert m["fvu"] < 0.2 and m["l0"] > 3 and m["dead_frac"] < 0.5
     assert m["loss_clean"] <= m["loss_spliced"] < m["loss_zero"] and m["loss_recovered"] > 0.5
@@ -311,3 +322,101 @@ def test_openai_file_becomes_a_gpt2_sae_checkpoint_named_by_its_layer(teacher_an
         assert torch.equal(ckpt["sae"][key], sd[key])
     m = ckpt["metrics"]  # the random weights above reconstruct badly, and splicing them in hurts the teacher
     assert m["fvu"] > 0.5 and m["loss_spliced"] > m["loss_clean"] and ckpt["tokenizer"]["tokenizer"] == "gpt2"
+
+
+# -----------------------------------------------------------------------------
+# what a resume, a kill and a diverging run must not lose or corrupt
+
+def test_the_activation_stream_continues_exactly_from_its_state_dict(tmp_path):
+    path = tmp_path / "train.bin"
+    np.random.default_rng(0).integers(0, 24, 5000).astype(np.uint16).tofile(path)
+    make = lambda: ActivationStream(tiny_teacher(), 1, str(path), None, 16, 64, 256, seed=3, device="cpu")  # noqa: E731
+    a = make()
+    for _ in range(7):
+        next(a)
+    state = a.state_dict()
+    assert 0 < state["n_out"] < len(state["buf"])  # mid-way through a shuffled buffer
+    b = make()
+    b.load_state_dict(state)
+    for _ in range(10):  # across refills
+        assert torch.equal(next(a), next(b))
+
+
+def test_a_non_finite_loss_stops_training_and_a_non_finite_sae_is_never_saved(tmp_path):
+    sae = tiny_sae()
+    batches = (torch.randn(64, 32) for _ in range(100))
+    state = {"step": 0, "tokens": 0, "since_fired": torch.zeros(64, dtype=torch.long)}
+    with pytest.raises(ValueError, match=r"loss is nan at step \d+: learning_rate=1e\+20 is likely too high"):
+        train(sae, batches, state, None, 6400, 1e20, 8, 1 / 32, 1000, 1000, 1000)
+    assert all(torch.isfinite(p).all() for p in sae.parameters())  # stopped before the step that would spread it
+    path, sae = str(tmp_path / "sae.pt"), tiny_sae()
+    save_checkpoint(path, sae, {"step": 1}, None, {})
+    before = open(path, "rb").read()
+    with torch.no_grad():
+        sae.encoder.weight[0, 0] = float("inf")
+    with pytest.raises(ValueError, match="weights are not finite at step 2: .*sae.pt was left as it was"):
+        save_checkpoint(path, sae, {"step": 2}, None, {})
+    assert open(path, "rb").read() == before and not os.path.exists(path + ".tmp")
+
+
+RESUME = ["--n_latents=32", "--k=4", "--batch_size=256", "--buffer_tokens=2048", "--eval_tokens=2048",
+          "--dead_tokens=1000", "--k_aux=16", "--learning_rate=3e-3", "--ckpt_interval=5", "--device=cpu"]
+KILL_AFTER_SAVE = """
+import os, sae
+save = sae.save_checkpoint
+def save_then_die(path, model, state, *args):
+    save(path, model, state, *args)
+    if state["step"] == 15:
+        os._exit(9)  # kill -9 right after a checkpoint: what comes later is lost anyway
+sae.save_checkpoint = save_then_die
+sae.main()
+"""
+
+
+def test_a_resumed_sae_is_bit_identical_to_an_uninterrupted_one_after_a_stop_or_a_kill(teacher_and_data, tmp_path):
+    teacher_path, _ = teacher_and_data
+    sae_py = lambda out, *args: run_script("sae.py", f"--teacher_path={teacher_path}", f"--out_dir={out}",  # noqa: E731
+                                           *RESUME, *args)
+    sae_py(tmp_path / "whole", "--max_tokens=8192")  # 32 steps
+    sae_py(tmp_path / "stopped", "--max_tokens=4096")
+    sae_py(tmp_path / "stopped", "--max_tokens=8192", "--init_from=resume")
+    p = run_script("-c", KILL_AFTER_SAVE, f"--teacher_path={teacher_path}", f"--out_dir={tmp_path / 'killed'}",
+                   *RESUME, "--max_tokens=8192", check=False)
+    assert p.returncode == 9 and torch.load(tmp_path / "killed/sae.pt", weights_only=False)["step"] == 15
+    (tmp_path / "killed/sae.pt.tmp").write_bytes(b"half a checkpoint")  # as a kill during a save leaves
+    sae_py(tmp_path / "killed", "--max_tokens=8192", "--init_from=resume")
+    assert not (tmp_path / "killed/sae.pt.tmp").exists()
+    whole = torch.load(tmp_path / "whole/sae.pt", weights_only=False)
+    for run in ("stopped", "killed"):
+        resumed = torch.load(tmp_path / run / "sae.pt", weights_only=False)
+        assert resumed["step"] == whole["step"] == 32
+        for key, w in whole["sae"].items():
+            assert torch.equal(resumed["sae"][key], w), (run, key)
+        assert torch.equal(resumed["since_fired"], whole["since_fired"])
+
+
+def test_an_sae_whose_teacher_or_data_changed_is_refused_for_resume_and_for_labels(teacher_and_data, tmp_path):
+    teacher_path, root = teacher_and_data
+    out = tmp_path / "sae"
+    run_script("sae.py", f"--teacher_path={teacher_path}", f"--out_dir={out}", "--max_tokens=1024", *SMALL)
+    ckpt = torch.load(out / "sae.pt", weights_only=False)
+    good = torch.load(teacher_path, weights_only=False)
+    retrained = dict(good, iter_num=40)
+    retrained["model"] = {key: w + 0.01 for key, w in good["model"].items()}
+    torch.save(retrained, teacher_path)
+    assert sae_inputs_changed(ckpt).startswith(f"the teacher at {teacher_path} was retrained since this SAE started "
+                                               "(iter_num None -> 40, weights ")
+    with pytest.raises(ValueError, match="cannot be used: the teacher at .* was retrained since this SAE started"):
+        load_concept_extractor(str(out / "sae.pt"), "cpu")
+    p = run_script("sae.py", "--init_from=resume", f"--out_dir={out}", "--max_tokens=2048", check=False)
+    assert p.returncode != 0 and p.stdout.strip().splitlines()[-1].startswith(
+        f"error: cannot resume {out / 'sae.pt'}: the teacher at {teacher_path} was retrained since this SAE started")
+    assert torch.load(out / "sae.pt", weights_only=False)["step"] == ckpt["step"]  # untouched
+    torch.save(good, teacher_path)
+    meta_path = os.path.join(root, "toyworld", "meta.json")
+    meta = json.loads(open(meta_path).read())
+    open(meta_path, "w").write(json.dumps(dict(meta, source="another text")))
+    assert sae_inputs_changed(ckpt) == "dataset toyworld was prepared again since this SAE started (its meta.json " \
+                                       "changed)"
+    open(meta_path, "w").write(json.dumps(meta))
+    assert sae_inputs_changed(ckpt) is None

@@ -76,10 +76,28 @@ def test_missing_dataset_says_how_to_prepare_it(tmp_path):
     assert p.returncode != 0 and f"run `python prepare.py --dataset=nowhere --data_root={tmp_path}`" in p.stdout.splitlines()[-1]
 
 
-def test_block_size_beyond_the_models_is_refused_on_resume(tiny_dataset, tmp_path):
-    train(tiny_dataset, tmp_path / "out", "--max_iters=2", "--eval_interval=2")
-    p = train(tiny_dataset, tmp_path / "out", "--max_iters=4", "--init_from=resume", "--block_size=32", check=False)
-    assert p.returncode != 0 and "block_size=32 exceeds the model's 16" in p.stdout.splitlines()[-1]
+def test_resume_restores_the_runs_own_settings_and_says_what_it_changes(tiny_dataset, tmp_path):
+    schedule = ["--lr_decay_iters=6", "--eval_interval=3", "--dropout=0.1"]
+    train(tiny_dataset, tmp_path / "a", "--max_iters=6", *schedule)
+    train(tiny_dataset, tmp_path / "b", "--max_iters=3", *schedule)
+    # no model, data or batch flags: they come from the checkpoint; max_iters may change, and is said to
+    p = run_script("train.py", "--init_from=resume", f"--out_dir={tmp_path / 'b'}", "--max_iters=6")
+    assert "changed: max_iters 3 -> 6" in p.stdout
+    losses = lambda rows: [(r["iter"], r["train_loss"], r["val_loss"], r["lr"]) for r in rows]  # noqa: E731
+    assert losses(metrics(tmp_path / "a")) == losses(metrics(tmp_path / "b"))
+    config = torch.load(tmp_path / "b" / "ckpt.pt", weights_only=False)["config"]
+    assert (config["max_iters"], config["n_embd"], config["dataset"], config["dropout"]) == (6, 32, "toy", 0.1)
+
+
+def test_resume_with_another_process_count_continues_the_run(tiny_dataset, tmp_path):
+    common = ["--lr_decay_iters=6", "--eval_interval=3", "--gradient_accumulation_steps=2"]
+    train(tiny_dataset, tmp_path / "single", "--max_iters=6", *common)
+    train(tiny_dataset, tmp_path / "switched", "--max_iters=3", *common)
+    train(tiny_dataset, tmp_path / "switched", "--max_iters=6", "--init_from=resume", *common, torchrun=True)
+    single, switched = metrics(tmp_path / "single"), metrics(tmp_path / "switched")
+    assert [r["iter"] for r in single] == [r["iter"] for r in switched] == [0, 3, 6]
+    for s, d in zip(single, switched):  # rank 1 continues rank 0's dropout stream: without dropout, the same run
+        assert d["val_loss"] == pytest.approx(s["val_loss"], abs=1e-5)
 
 
 def test_configurator_bare_flags_set_booleans_and_string_keys_keep_their_text():

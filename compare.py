@@ -19,6 +19,7 @@ from collections import defaultdict
 
 import numpy as np
 
+from checkpoint import replacing
 from configurator import configure
 
 # -----------------------------------------------------------------------------
@@ -174,10 +175,10 @@ def pyplot():
 
 
 def save(fig, path):
-    """Write the figure atomically (a reader never sees half a PNG) and close it."""
+    """Write the figure as a PNG, replacing path whole (a reader never sees half a PNG), and close it."""
     fig.tight_layout()
-    fig.savefig(path + ".tmp.png", dpi=120)
-    os.replace(path + ".tmp.png", path)
+    with replacing(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
     pyplot().close(fig)
 
 

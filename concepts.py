@@ -16,10 +16,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from configurator import configure, resolve_device
-from model import check_trained_on
-from prepare import get_tokenizer, load_meta, load_planted_concepts, load_tokens
-from sae import check_vocab, evaluate_sae, load_sae_and_teacher, tokenizer_of
+from checkpoint import write_json
+from configurator import check, configure, resolve_device
+from prepare import check_trained_on, get_tokenizer, load_meta, load_planted_concepts, load_tokens
+from sae import evaluate_sae, load_sae_and_teacher
+from teacher import check_vocab, tokenizer_of
 
 # -----------------------------------------------------------------------------
 sae_path = "out/sae/sae.pt"
@@ -235,20 +236,14 @@ def plot_labels(words, labels, described, ax, per_line=12):
 
 
 def main():
-    for key, value, low in (("eval_tokens", eval_tokens, 1), ("n_contexts", n_contexts, 0), ("context", context, 1)):
-        if value < low:
-            raise ValueError(f"{key}={value} must be at least {low}")
-    if not 0 <= match_auroc <= 1:
-        raise ValueError(f"match_auroc={match_auroc} must be an AUROC, between 0 and 1 (e.g. 0.75)")
+    check(globals(), at_least=dict(eval_tokens=1, n_contexts=0, context=1), between={"match_auroc": "[0, 1]"})
     dev = resolve_device(device)
     path = out or concepts_file(sae_path)
     if out and (os.path.isdir(out) or not os.path.isdir(os.path.dirname(out) or ".")):
         raise ValueError(f"cannot write --out={out}: name a file in an existing directory, e.g. "
                          f"--out={os.path.join(out if os.path.isdir(out) else '.', 'concepts.json')}")
     result = describe(sae_path, eval_tokens, n_contexts, context, match_auroc, dev)
-    with open(path + ".tmp", "w") as f:
-        json.dump(result, f, indent=1)
-    os.replace(path + ".tmp", path)
+    write_json(result, path)
     named = sum(lat["concept"] == lat["description"] for lat in result["latents"] if lat.get("concept"))
     print(f"described {len(result['latents'])} latents on {result['eval_tokens']:,} val positions -> {path}")
     if result["planted"]:

@@ -13,7 +13,8 @@ after its defaults:
 
     config = configure(globals())
 
-Also here: the one place that turns device="auto" and dtype="auto" into what the machine has.
+Also here: what a script then does with its settings: range checks (check), the one place that turns
+device="auto" and dtype="auto" into what the machine has, and restoring a resumed run's settings (resume_settings).
 """
 import ast
 import os
@@ -32,7 +33,7 @@ def _check(key, value, defaults):
         raise ConfigError(f"error: unknown config key '{key}' (known keys include: {', '.join(close[:8])}; "
                           "--help lists them all)")
     default = defaults[key]
-    if default is None or value is None:
+    if default is None:  # a key whose default is None takes anything; None itself only such a key
         return value
     if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
         return float(value)  # --lr=1 means 1.0
@@ -99,10 +100,82 @@ def configure(namespace, argv=None, positional=None):
     return {k: namespace[k] for k in keys}
 
 
+# What a command does to a run rather than what the run is: a resume never takes these from the checkpoint
+COMMAND_KEYS = ("out_dir", "init_from", "overwrite")
+
+
+def keys_given(argv):
+    """The config keys a command line sets: its --key flags and the names its config files assign."""
+    keys = set()
+    for arg in argv:
+        if arg.startswith("--"):
+            keys.add(arg[2:].partition("=")[0])
+        else:
+            tree = ast.parse(open(arg).read())
+            keys |= {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
+    return keys
+
+
+def resume_settings(config, saved, may_change, fix, argv=None):
+    """Restore into config the settings a resumed run was started with (saved), but for COMMAND_KEYS. A key the
+    command line sets (argv, default sys.argv[1:]) that contradicts one is an error, unless it is in may_change;
+    fix says what to do instead. Returns what the keys in may_change changed, for the log."""
+    given, changes = keys_given(sys.argv[1:] if argv is None else argv), []
+    for key, value in saved.items():
+        if key not in config or key in COMMAND_KEYS or config[key] == value:
+            continue
+        if key not in given:
+            config[key] = value
+        elif key in may_change:
+            changes.append(f"{key} {value!r} -> {config[key]!r}")
+        else:
+            raise ConfigError(f"error: {key}={config[key]!r} contradicts the checkpoint's {key}={value!r}: a resumed "
+                              f"run keeps its settings (a flag may change only {', '.join(may_change)}); drop it, "
+                              f"or {fix}")
+    return changes
+
+
+def _inside(value, interval):
+    """Whether value is a number in an interval written as in mathematics: "[0, 1)" is 0 <= value < 1."""
+    opening, low, high, closing = re.fullmatch(r"([\[(])(.+), (.+)([\])])", interval).groups()
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    above = float(low) <= value if opening == "[" else float(low) < value
+    return above and (value <= float(high) if closing == "]" else value < float(high))
+
+
+def check(config, at_least=(), between=(), one_of=()):
+    """Stop with a one-line ConfigError at the first setting out of its range. at_least: {key: lowest value};
+    between: {key: interval, like "[0, 1)" or "(0, inf)"}; one_of: {key: allowed values}. A None passes: only a
+    key whose default is None can hold it, and there it means unset."""
+    at_least = dict(at_least)
+    ranges = {**{key: f"[{low}, inf)" for key, low in at_least.items()}, **dict(between)}
+    for key, interval in ranges.items():
+        if config[key] is not None and not _inside(config[key], interval):
+            allowed = f"at least {at_least[key]}" if key in at_least else f"in {interval}"
+            raise ConfigError(f"error: {key}={config[key]!r} must be {allowed}")
+    for key, choices in dict(one_of).items():
+        if config[key] not in choices:
+            raise ConfigError(f"error: {key}={config[key]!r} must be {' or '.join(map(repr, choices))}")
+
+
 def resolve_device(device):
-    """"auto" -> "cuda" when a GPU is visible, else "cpu"; any other device name is kept."""
+    """"auto" -> "cuda" when a GPU is visible, else "cpu"; any other device name is kept, once torch knows it
+    and, for cuda or cuda:N, sees that GPU. Raises ConfigError otherwise."""
     import torch
-    return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if device == "auto":
+        return "cuda" if visible else "cpu"
+    try:
+        kind, index = torch.device(device).type, torch.device(device).index or 0
+    except RuntimeError:
+        raise ConfigError(f"error: unknown device={device!r}: use auto, cpu, cuda or cuda:N") from None
+    if kind == "cuda" and not visible:
+        raise ConfigError(f"error: --device={device} but no CUDA device is visible: use --device=cpu")
+    if kind == "cuda" and index >= visible:
+        raise ConfigError(f"error: --device={device} but only {visible} CUDA devices are visible: use cuda:0 to "
+                          f"cuda:{visible - 1}, or --device=cpu")
+    return device
 
 
 def autocast_for(device, dtype):

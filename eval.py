@@ -10,12 +10,11 @@ on the concept world probes of the planted concepts. Writes <out>/results.json; 
     python compare.py out/eval/results.json                  # then: Table 1 (table.md), tasks.png, curves.png
 
 Tasks: val, concept_probes, lambada_openai, wikitext, hellaswag, piqa, social_iqa, arc_easy, winogrande;
-"paper" is val and the seven; NAME=FILE.jsonl reads one task from a local file. Prompts, scoring and metrics
-follow lm-eval's zero-shot defaults. For the full harness, make_lm_eval_model() wraps a checkpoint as an
+"paper" is val and the seven; NAME=FILE.jsonl reads one task from a local file. Prompts (tasks.py), scoring and
+metrics follow lm-eval's zero-shot defaults. For the full harness, make_lm_eval_model() wraps a checkpoint as an
 lm_eval LM (or pass --harness=task,task).
 """
 import importlib.util
-import json
 import math
 import os
 import re
@@ -26,9 +25,12 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from configurator import autocast_for, configure, resolve_device
-from model import GPT, check_trained_on
-from prepare import get_tokenizer, load_meta, load_planted_concepts, load_tokens
+from checkpoint import write_json
+from configurator import autocast_for, check, configure, resolve_device
+from model import GPT
+from prepare import check_trained_on, get_tokenizer, load_meta, load_planted_concepts, load_tokens
+from tasks import TASKS, load_docs, multiple_choice, wikitext_detokenize
+from teacher import tokenizer_of
 from world import concept_probe_items
 
 # -----------------------------------------------------------------------------
@@ -47,17 +49,6 @@ dtype = "auto"              # one precision for every checkpoint: "auto" is bflo
 seed = 1337
 # -----------------------------------------------------------------------------
 
-# lm-eval's zero-shot tasks: hub dataset, config, split, and the fields a row needs
-TASKS = {
-    "lambada_openai": ("EleutherAI/lambada_openai", "default", "test", ["text"]),
-    "wikitext": ("EleutherAI/wikitext_document_level", "wikitext-2-raw-v1", "test", ["page"]),
-    "hellaswag": ("Rowan/hellaswag", None, "validation", ["activity_label", "ctx_a", "ctx_b", "endings", "label"]),
-    "piqa": ("baber/piqa", None, "validation", ["goal", "sol1", "sol2", "label"]),
-    "social_iqa": ("lighteval/siqa", None, "validation",
-                   ["context", "question", "answerA", "answerB", "answerC", "label"]),
-    "arc_easy": ("allenai/ai2_arc", "ARC-Easy", "test", ["question", "choices", "answerKey"]),
-    "winogrande": ("allenai/winogrande", "winogrande_xl", "validation", ["sentence", "option1", "option2", "answer"]),
-}
 
 # -----------------------------------------------------------------------------
 # scoring: everything below reduces to log p(continuation | context) over token ids
@@ -129,79 +120,7 @@ def val_perplexity(model, data_dir, split="val", **kw):
     return {"loss": nll, "ppl": math.exp(nll), "tokens": len(data) - 1}
 
 # -----------------------------------------------------------------------------
-# the seven zero-shot tasks: rows, prompts and metrics as lm-eval's default zero-shot settings
-
-
-def load_docs(task, path=None, limit=0):
-    """A task's rows: from a local JSON-lines file in the hub's row format, else from the hub."""
-    hub, name, split, fields = TASKS[task]
-    source = path or f"{hub} ({split})"
-    if path:
-        if not os.path.isfile(path):
-            what = "is a directory, not a file" if os.path.isdir(path) else "not found"
-            raise SystemExit(f"error: task file {path} {what}: give --task_dir=DIR holding {task}.jsonl")
-        rows = []
-        try:
-            for i, line in enumerate(open(path, encoding="utf-8"), 1):
-                rows += [json.loads(line)] if line.strip() else []
-        except json.JSONDecodeError:
-            raise SystemExit(f"error: {path} line {i} is not JSON: task files hold one JSON object per line")
-        except UnicodeDecodeError:
-            raise SystemExit(f"error: {path} is not UTF-8 text: task files hold one JSON object per line")
-    else:
-        from datasets import load_dataset
-        try:
-            rows = load_dataset(hub, name, split=split)
-        except Exception as e:
-            raise SystemExit(f"error: could not load {source} from the hub ({type(e).__name__}): check the "
-                             f"network, or pass --task_dir=DIR with {task}.jsonl in the same row format")
-    rows = [rows[i] for i in range(min(limit, len(rows)) if limit else len(rows))]
-    for i, row in enumerate(rows, 1):
-        missing = [k for k in fields if not isinstance(row, dict) or k not in row]
-        if missing:
-            raise SystemExit(f"error: {source} row {i} lacks {', '.join(missing)}: {task} rows need the fields "
-                             f"{', '.join(fields)}, as in {hub}")
-    return rows
-
-
-def hellaswag_clean(text):
-    """lm-eval's HellaSwag cleanup: WikiHow's " [title]" marks end a sentence, other [tags] go."""
-    text = re.sub(r"\[.*?\]", "", text.strip().replace(" [title]", ". "))
-    return text.replace("  ", " ")
-
-
-def wikitext_detokenize(text):
-    """Undo WikiText's tokenization (" @-@ " for "-", spaces inside brackets and around punctuation) as
-    lm-eval does before scoring; the word and byte counts stay those of the raw page."""
-    punctuation = [(f" {p} ", f"{p} ") for p in ":;.!?,"]
-    for a, b in [("s '", "s'"), (" @-@ ", "-"), (" @,@ ", ","), (" @.@ ", "."), *punctuation]:
-        text = text.replace(a, b)
-    for o, c in ("()", "[]", "{}", '""', "''"):
-        text = re.sub(rf"{re.escape(o)}\s*([^{re.escape(c)}]*?)\s*{re.escape(c)}", lambda m: o + m[1] + c, text)
-    for a, b in [("= = = =", "===="), ("= = =", "==="), ("= =", "=="), (" \N{DEGREE SIGN} ", "\N{DEGREE SIGN}"),
-                 (" \n", "\n"), ("\n ", "\n"), (" N ", " 1 "), (" 's", "'s")]:
-        text = text.replace(a, b)
-    return text
-
-
-def multiple_choice(task, doc):
-    """(one (context, continuation) string pair per answer, gold index, the answers for acc_norm's lengths)."""
-    if task == "winogrande":  # partial evaluation: each option fills the blank; score the same rest of the sentence
-        i = doc["sentence"].index("_")
-        contexts = [doc["sentence"][:i] + doc[o] for o in ("option1", "option2")]
-        return [(c, " " + doc["sentence"][i + 1:].strip()) for c in contexts], {"1": 0, "2": 1}[doc["answer"]], contexts
-    if task == "hellaswag":
-        context = hellaswag_clean(doc["activity_label"] + ": " + doc["ctx_a"] + " " + doc["ctx_b"].capitalize())
-        answers, gold = [hellaswag_clean(e) for e in doc["endings"]], int(doc["label"])
-    elif task == "piqa":
-        context, answers, gold = f"Question: {doc['goal']}\nAnswer:", [doc["sol1"], doc["sol2"]], int(doc["label"])
-    elif task == "social_iqa":
-        context, gold = f"Q: {doc['context']} {doc['question']}\nA:", int(doc["label"]) - 1
-        answers = [doc["answerA"], doc["answerB"], doc["answerC"]]
-    else:  # arc_easy
-        context, answers = f"Question: {doc['question']}\nAnswer:", doc["choices"]["text"]
-        gold = doc["choices"]["label"].index(doc["answerKey"])
-    return [(context, " " + a) for a in answers], gold, answers
+# the seven zero-shot tasks (tasks.py), scored as lm-eval's default zero-shot settings
 
 
 def check_scorable(task, row, pairs, strings):
@@ -306,7 +225,7 @@ def parse_tasks(spec, task_dir="", has_concepts=False):
 def check_same_tokenizer(meta, data_dir):
     """The meta of data_dir, if it is tokenized as the checkpoint's dataset (described by meta) was."""
     data_meta = load_meta(data_dir)
-    if (data_meta["tokenizer"], data_meta.get("itos")) != (meta["tokenizer"], meta.get("itos")):
+    if tokenizer_of(data_meta) != tokenizer_of(meta):
         raise SystemExit(f"error: {data_dir} is tokenized with {data_meta['tokenizer']} ({data_meta['vocab_size']} "
                          f"tokens) but the checkpoint learned {meta['dataset']} ({meta['tokenizer']}, "
                          f"{meta['vocab_size']} tokens): evaluate on a dataset with the checkpoint's tokenizer")
@@ -384,19 +303,13 @@ def evaluate_run(run, dev):
     """One results.json entry for a train.py out_dir, evaluated on device dev as the config keys say."""
     ptdtype, autocast = autocast_for(dev, dtype)
     precision = str(ptdtype).removeprefix("torch.")
-    try:
-        model, record = GPT.from_checkpoint(run, dev)
-    except ValueError as e:
-        raise SystemExit(f"error: {e}")
+    model, record = GPT.from_checkpoint(run, dev)
     model.eval()
     cfg, meta = record["config"], record["meta"]
     own_dir = os.path.join(cfg["data_root"], cfg["dataset"])
     data_dir = os.path.join(data_root or cfg["data_root"], dataset or cfg["dataset"])
     if os.path.realpath(data_dir) == os.path.realpath(own_dir):  # its own data: unchanged since it learned it
-        try:
-            check_trained_on(record, data_dir, run)
-        except ValueError as e:
-            raise SystemExit(f"error: {e}")
+        check_trained_on(record, data_dir, run)
         data_meta = load_meta(data_dir)
     else:  # another dataset: read with the same tokenizer
         data_meta = check_same_tokenizer(meta, data_dir)
@@ -415,9 +328,7 @@ def evaluate_run(run, dev):
 
 def check_settings():
     """Refuse settings that cannot evaluate, before any checkpoint is read."""
-    for key, value, low in (("limit", limit, 0), ("batch_size", batch_size, 1), ("probe_prefix", probe_prefix, 1)):
-        if value < low:
-            raise SystemExit(f"error: {key}={value} must be at least {low}")
+    check(globals(), at_least=dict(limit=0, batch_size=1, probe_prefix=1))
     if os.path.exists(out) and not os.path.isdir(out):
         raise SystemExit(f"error: --out={out} is a file: give the directory to write results.json into")
     if harness and importlib.util.find_spec("lm_eval") is None:
@@ -438,13 +349,14 @@ def main():
         results[os.path.normpath(run) if name in results else name] = evaluate_run(run, dev)
     os.makedirs(out, exist_ok=True)
     path = os.path.join(out, "results.json")
-    with open(path + ".tmp", "w") as f:  # then renamed: a kill leaves the old results.json, not half a new one
-        json.dump(results, f, indent=1, default=str)
-    os.replace(path + ".tmp", path)
+    write_json(results, path, default=str)  # whole: a kill leaves the old results.json, not half a new one
     print(f"wrote {path}")
     print(f"Table 1 and its plots: python compare.py {path}")
 
 
 if __name__ == "__main__":
     configure(globals(), positional="runs")
-    main()
+    try:
+        main()
+    except ValueError as e:  # a checkpoint or dataset it cannot evaluate
+        raise SystemExit(f"error: {e}")

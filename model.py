@@ -8,14 +8,13 @@ concepts are interleaved with the token hidden states (h1, c1, h2, c2, ...).
 """
 import inspect
 import math
-import os
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from prepare import fingerprint, load_meta
+from checkpoint import short, train_record
 
 
 class CausalSelfAttention(nn.Module):
@@ -277,26 +276,13 @@ class GPT(nn.Module):
         checkpoint holds besides the weights: "config" (the run's train.py settings), "meta" (the meta.json of
         the dataset it learned, so its tokenizer), "model_args", "iter_num", ... Raises ValueError if the file
         is missing, damaged, of another kind (an SAE), or records no meta."""
-        if not (path.endswith(".pt") or os.path.isfile(path)):
-            path = os.path.join(path, "ckpt.pt")
-        if not os.path.exists(path):
-            raise ValueError(f"{path} not found: train a model first "
-                             f"(python train.py --out_dir={os.path.dirname(path)})")
-        fix = "give a train.py out_dir or its ckpt.pt, or retrain it if it was damaged"
-        record = load_record(path, "a train.py checkpoint", fix)
-        if "sae" in record:
-            raise ValueError(f"{path} is an SAE (sae.py), not a train.py checkpoint: {fix}")
-        if "model" not in record or "model_args" not in record:
-            raise ValueError(f"{path} is damaged or not a train.py checkpoint (it holds no model): {fix}")
-        if "meta" not in record:
-            raise ValueError(f"{path} records no dataset meta (an older train.py wrote it): resume it once with "
-                             "python train.py --init_from=resume, or retrain it")
+        path, record = train_record(path)
         try:
             model = cls(GPTConfig(**record["model_args"]))
             model.load_state_dict(record.pop("model"))
         except (TypeError, AssertionError, RuntimeError) as e:  # settings or weights of another model
             reason = "its weights do not fit its model_args" if isinstance(e, RuntimeError) else short(e)
-            raise ValueError(f"{path} is damaged or not a train.py checkpoint ({reason}): {fix}") from None
+            raise ValueError(f"{path} is damaged or not a train.py checkpoint ({reason}): retrain it") from None
         return model.to(device), record
 
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, steer=None, force=False, vocab_size=None):
@@ -324,56 +310,12 @@ def generate(logits_fn, idx, max_new_tokens, block_size, temperature=1.0, top_k=
     return idx
 
 
-def check_trained_on(record, data_dir, path):
-    """Raise ValueError unless data_dir holds the dataset that the checkpoint at path (its record) learned:
-    a dataset re-prepared under the same name (another text, another tokenizer) must not pass for it."""
-    want = record.get("data_fingerprint") or fingerprint(record["meta"])
-    got = fingerprint(load_meta(data_dir))
-    if got != want:
-        source = record.get("meta", {}).get("source")
-        raise ValueError(f"{os.path.join(data_dir, 'meta.json')} was re-prepared since {path} was trained "
-                         f"(its fingerprint is {got}, the checkpoint's {want}): retrain on the new data, or prepare "
-                         "the data the checkpoint learned again" + (f" ({source})" if source else ""))
-
-
-def load_record(path, what, fix):
-    """The dict that torch.save wrote at path (tensors memory-mapped, so a large file costs little), or a
-    one-line ValueError saying why it cannot be `what`: a directory, an empty, foreign or damaged file (a disk
-    that filled up during a save truncates it). fix: how to get a good one."""
-    if os.path.isdir(path):
-        raise ValueError(f"{path} is a directory, not {what}: {fix}")
-    try:
-        with open(path, "rb") as f:
-            head = f.read(4)
-    except OSError as e:
-        raise ValueError(f"{path} cannot be read ({e.strerror}): check its permissions") from None
-    if head != b"PK\x03\x04":  # torch.save writes a zip archive
-        reason = "the file is empty" if not head else "not a torch.save file"
-        raise ValueError(f"{path} is damaged or not {what} ({reason}): {fix}")
-    try:
-        record = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-    except Exception as e:  # torch.load has no error type of its own: any failure here means a bad file
-        raise ValueError(f"{path} is damaged or not {what} (cut short or corrupt: {short(e)}): {fix}") from None
-    if not isinstance(record, dict):
-        raise ValueError(f"{path} is damaged or not {what} (it holds a {type(record).__name__}): {fix}")
-    return record
-
-
-def short(e):
-    """An exception's first sentence, for a one-line message."""
-    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    return first.split(". ")[0][:120]
-
-
 def concept_loss(concept_logits, labels):
     """Eq. 2: the mean of K_attr single-label cross-entropies over all C concepts, at every position.
     One log-softmax serves all K_attr labels (no (B, T, K, C) copy)."""
     logp = F.log_softmax(concept_logits.float(), dim=-1)
     return -logp.gather(-1, labels).mean()
 
-
-# What GPT.from_pretrained's models read: GPT-2's BPE (prepare.py's "gpt2" tokenizer), as our OpenWebText data
-GPT2_META = {"dataset": "openwebtext", "tokenizer": "gpt2", "vocab_size": 50257, "eot_token": 50256}
 
 # Peak dense bf16 tensor-core FLOP/s, matched against torch.cuda.get_device_name()
 PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "A10G": 125e12, "L40S": 362e12, "L4": 121e12,

@@ -28,7 +28,8 @@ import subprocess
 import sys
 import time
 
-from configurator import configure
+from checkpoint import write_json
+from configurator import check, configure
 from prepare import prepare_command
 
 # -----------------------------------------------------------------------------
@@ -102,11 +103,9 @@ def read_stamp(path):
 
 
 def write_stamp(path, stamp):
-    """Atomically (write, then rename): a stamp is whole or absent."""
+    """A stamp is whole or absent (checkpoint.write_json)."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path + ".tmp", "w") as f:
-        json.dump(stamp, f, indent=1)
-    os.replace(path + ".tmp", path)
+    write_json(stamp, path)
 
 
 def stage(name, args, home, outputs, inputs, checkpoint=None, fresh=()):
@@ -141,9 +140,7 @@ def stage(name, args, home, outputs, inputs, checkpoint=None, fresh=()):
 
 def check_settings():
     """Refuse what the pipeline cannot run, before any stage starts."""
-    for key, value in (("n_seeds", n_seeds), ("max_iters", max_iters), ("steer_samples", steer_samples)):
-        if value < 1:
-            raise SystemExit(f"error: {key}={value} must be at least 1")
+    check(globals(), at_least=dict(n_seeds=1, max_iters=1, steer_samples=1))
     for key, path in (("teacher_config", teacher_config), ("sae_config", sae_config), ("ntp_config", ntp_config),
                       ("cocomix_config", cocomix_config)):
         if path and not os.path.isfile(path):

@@ -29,7 +29,7 @@ import time
 import numpy as np
 
 import world
-from configurator import configure
+from configurator import check, configure
 
 # -----------------------------------------------------------------------------
 dataset = "concepts"        # concepts, shakespeare, openwebtext; with --input a name (default: the first file's)
@@ -133,6 +133,18 @@ def fingerprint(meta):
     return hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def check_trained_on(record, data_dir, path):
+    """Raise ValueError unless data_dir holds the dataset that the checkpoint at path (its record) learned:
+    a dataset re-prepared under the same name (another text, another tokenizer) must not pass for it."""
+    want = record.get("data_fingerprint") or fingerprint(record["meta"])
+    got = fingerprint(load_meta(data_dir))
+    if got != want:
+        source = record.get("meta", {}).get("source")
+        raise ValueError(f"{os.path.join(data_dir, 'meta.json')} was re-prepared since {path} was trained "
+                         f"(its fingerprint is {got}, the checkpoint's {want}): retrain on the new data, or prepare "
+                         "the data the checkpoint learned again" + (f" ({source})" if source else ""))
+
+
 def prepare_command(data_dir):
     """The command that writes data_dir (<data_root>/<dataset>), for error messages."""
     root, name = os.path.split(os.path.normpath(data_dir))
@@ -159,6 +171,17 @@ def load_tokens(data_dir, split="train"):
     if not os.path.exists(path):
         raise SystemExit(f"error: {path} not found: run `{prepare_command(data_dir)}` first")
     return np.memmap(path, dtype=np.uint16, mode="r")
+
+
+def check_splits(data_dir, block_size, splits=("train", "val")):
+    """Raise SystemExit unless each split holds at least one window of block_size tokens and its next token."""
+    for split in splits:
+        path = os.path.join(data_dir, f"{split}.bin")
+        if not os.path.isfile(path):
+            raise SystemExit(f"error: {path} not found: run `{prepare_command(data_dir)}` first")
+        if (n := os.path.getsize(path) // 2) < block_size + 1:
+            raise SystemExit(f"error: {path} has {n} tokens, fewer than one window of block_size+1={block_size + 1}: "
+                             "use a smaller --block_size, or prepare more text")
 
 
 def load_planted_concepts(data_dir, split="train"):
@@ -357,22 +380,17 @@ def check_settings(files, name):
         raise SystemExit(f"error: dataset name {name!r} must be a plain directory name: use e.g. --dataset=mytext")
     if tokenizer not in ("", "chars", "gpt2"):
         raise SystemExit(f"error: unknown tokenizer={tokenizer!r}: use chars or gpt2")
-    if val_fraction is not None and not (isinstance(val_fraction, float) and 0 < val_fraction < 1):
-        raise SystemExit(f"error: val_fraction={val_fraction!r} must be a number between 0 and 1, e.g. 0.1")
+    check(globals(), between={"val_fraction": "(0, 1)"})
     if files or name == "shakespeare":
         return
     if name == "concepts":
         if tokenizer:
             raise SystemExit(f"error: the concept world has its own words tokenizer: drop --tokenizer={tokenizer}")
-        if n_docs < 2:
-            raise SystemExit("error: n_docs must be at least 2 (one train and one val document): use --n_docs=8000")
-        if seed < 0:
-            raise SystemExit(f"error: seed={seed} must be a non-negative integer, e.g. --seed=1337")
+        check(globals(), at_least={"n_docs": 2, "seed": 0})  # one train and one val story
     elif name == "openwebtext":
         if tokenizer == "chars":
             raise SystemExit("error: openwebtext is prepared with the gpt2 tokenizer only: drop --tokenizer=chars")
-        if num_proc < 1:
-            raise SystemExit(f"error: num_proc={num_proc} must be at least 1")
+        check(globals(), at_least={"num_proc": 1})
     else:
         raise SystemExit(f"error: unknown dataset {name!r}: use concepts, shakespeare or openwebtext, "
                          "or build one from local files with --input=FILE[,FILE...] --dataset=NAME")

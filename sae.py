@@ -17,8 +17,6 @@ GPT-2's 6th block). <out_dir>/sae.pt records the teacher and the layer with the 
 load_concept_extractor(path) is all that train.py --mode=cocomix needs. What each latent means, and how well
 the latents recover the concept world's planted concepts, is concepts.py's job.
 """
-import hashlib
-import math
 import os
 import time
 from typing import NamedTuple
@@ -28,9 +26,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from configurator import configure, resolve_device
-from model import GPT, GPT2_META, layer_norm
-from prepare import fingerprint, load_meta, prepare_command
+from checkpoint import check_new_run, claim_out_dir, finite, load_record, remove_stale, sae_record, save
+from configurator import check, configure, resolve_device, resume_settings
+from model import layer_norm
+from prepare import check_splits, fingerprint, load_meta, prepare_command
+from teacher import (changed_inputs, check_teacher, check_vocab, load_teacher, next_token_loss, teacher_identity,
+                     teacher_pass, tokenizer_of)
 
 # -----------------------------------------------------------------------------
 # Defaults: a 1024-latent SAE on the middle of the embedded default teacher, sized for 2 CPU cores.
@@ -66,9 +67,8 @@ seed = 1337
 RUN = ("teacher_path", "layer", "dataset", "data_root", "block_size")  # what the SAE reads, resolved
 # A resume keeps the run's settings. A flag may change how long it trains, how much it evaluates, how often it
 # logs and saves, where the data lies (its fingerprint is checked) and the machine; not the SAE, its teacher,
-# batches or optimizer. This command's own keys are never taken from the checkpoint.
+# batches or optimizer.
 RESUME_MAY_CHANGE = ("max_tokens", "eval_tokens", "log_interval", "ckpt_interval", "data_root", "device")
-COMMAND = ("init_from", "out_dir", "overwrite")
 
 
 def topk_relu(pre, k):
@@ -176,108 +176,18 @@ def sae_from_openai(sd):
     return sae
 
 
-# -----------------------------------------------------------------------------
-# the frozen teacher
-
-def load_teacher(spec, device):
-    """(frozen GPT, what it recorded) from a train.py out_dir or ckpt.pt, or a GPT-2 name like "gpt2". The
-    record holds "meta" (the meta.json of the data it learned) and "config" (its train.py settings: dataset,
-    data_root). Raises ValueError if it cannot be loaded or predicts concepts itself."""
-    if spec.startswith("gpt2"):
-        try:
-            model = GPT.from_pretrained(spec)
-            record = {"meta": GPT2_META, "config": {"dataset": GPT2_META["dataset"], "data_root": "data"}}
-        except ImportError:
-            raise ValueError(f"teacher {spec} needs Hugging Face transformers: pip install transformers") from None
-        except OSError as e:  # offline, or no such model
-            raise ValueError(f"could not load teacher {spec} from Hugging Face ({str(e).splitlines()[0]})") from None
-    else:
-        if not os.path.exists(spec if spec.endswith(".pt") else os.path.join(spec, "ckpt.pt")):
-            raise ValueError(f"teacher checkpoint {spec} not found: train one with "
-                             "`python train.py config/concepts_teacher.py`, or use --teacher_path=gpt2")
-        try:
-            model, record = GPT.from_checkpoint(spec)
-        except ValueError:
-            raise
-        except Exception as e:  # torch.load's errors for a truncated, empty or foreign file vary in type
-            raise ValueError(f"teacher checkpoint {spec} is damaged ({type(e).__name__}): train the teacher again "
-                             "(python train.py config/concepts_teacher.py)") from None
-        if model.config.n_concepts:
-            raise ValueError(f"teacher {spec} is a CoCoMix model: use a next-token-prediction checkpoint")
-    return model.to(device).eval().requires_grad_(False), record
-
-
-def teacher_identity(spec, teacher, record):
-    """What tells one teacher from another: a GPT-2's name; else the fingerprint of the data it learned, the
-    iteration it reached and a hash of its weights (a teacher retrained with another seed differs only there)."""
-    if spec.startswith("gpt2"):
-        return spec
-    weights = hashlib.sha256()
-    for t in teacher.state_dict().values():
-        weights.update(t.detach().cpu().reshape(-1).view(torch.uint8).numpy())
-    return {"data": fingerprint(record["meta"]), "iter_num": record.get("iter_num"),
-            "weights": weights.hexdigest()[:16]}
-
-
-def changed_inputs(ckpt, teacher_id, data_id=None):
-    """Why the teacher (its teacher_identity) or the dataset (prepare.fingerprint of its meta.json) there now is
-    not what the SAE of ckpt was trained on, or None if both are. data_id None: the dataset is not compared."""
-    was, path = ckpt.get("teacher_id"), ckpt["teacher_path"]
-    if was is None:
-        return "it records no teacher identity (an older sae.py wrote it)"
-    if was != teacher_id:
-        how = (f"{was} -> {teacher_id}" if isinstance(was, str) or isinstance(teacher_id, str) else
-               ", ".join(f"{key} {was[key]} -> {teacher_id[key]}" for key in was if was[key] != teacher_id[key]))
-        return f"the teacher at {path} was retrained since this SAE started ({how})"
-    if data_id is not None and ckpt.get("data_fingerprint") not in (None, data_id):
-        return f"dataset {ckpt['dataset']} was prepared again since this SAE started (its meta.json changed)"
-    return None
-
-
-def sae_inputs_changed(ckpt):
-    """Why a sae.pt (ckpt, as load_sae returns it) was not made from the teacher checkpoint and the dataset that
-    are at the paths it records now, or None if it was: what pipeline.py needs to skip or redo an SAE stage."""
-    spec, data_dir = ckpt["teacher_path"], os.path.join(ckpt["data_root"], ckpt["dataset"])
+def load_openai_sae(path):
+    """(SAE, the GPT-2 layer it reads) from a file of OpenAI's released SAEs, which are named by their layer."""
+    if not os.path.exists(path):
+        raise ValueError(f"{path} not found: download a released SAE, e.g. az://openaipublic/sparse-autoencoder/"
+                         "gpt2-small/resid_post_mlp_v5_32k/autoencoders/5.pt")
+    record = load_record(path, "an OpenAI SAE", "download it again")
     try:
-        teacher_id = spec if spec.startswith("gpt2") else teacher_identity(spec, *load_teacher(spec, "cpu"))
-    except ValueError as e:
-        return str(e)
-    if not os.path.exists(os.path.join(data_dir, "meta.json")):
-        return f"{data_dir}/meta.json is gone"
-    return changed_inputs(ckpt, teacher_id, fingerprint(load_meta(data_dir)))
-
-
-def check_teacher(teacher, layer, sae):
-    """The SAE's layer must exist in the teacher, and the SAE must read that layer's width."""
-    if not 0 <= layer < teacher.config.n_layer:
-        raise ValueError(f"layer={layer} is out of range: the teacher has blocks 0..{teacher.config.n_layer - 1}")
-    if sae.n_inputs != teacher.config.n_embd:
-        raise ValueError(f"the SAE reads {sae.n_inputs}-wide activations but the teacher is {teacher.config.n_embd} "
-                         "wide: use the teacher the SAE was trained on")
-
-
-def tokenizer_of(meta):
-    """What must agree for two datasets to be read alike: the tokenizer's name and its vocabulary."""
-    return {"tokenizer": meta["tokenizer"], "itos": meta.get("itos")}
-
-
-def check_vocab(teacher, teacher_tokenizer, meta, name):
-    """Dataset `name` (its meta.json) must be tokenized as the teacher's data (teacher_tokenizer, from
-    tokenizer_of), into no more tokens than it has. Raises ValueError otherwise."""
-    if meta["vocab_size"] > teacher.config.vocab_size:
-        raise ValueError(f"dataset {name} has {meta['vocab_size']} tokens but the teacher only "
-                         f"{teacher.config.vocab_size}: use a teacher trained on {name}")
-    if teacher_tokenizer == tokenizer_of(meta):
-        return
-    ours, theirs = meta["tokenizer"], teacher_tokenizer["tokenizer"]
-    how = f"with {ours!r} but the teacher with {theirs!r}" if ours != theirs else f"with another {ours!r} vocabulary"
-    raise ValueError(f"dataset {name} is tokenized {how}: use a teacher trained on {name}, "
-                     "or a dataset prepared with the teacher's tokenizer")
-
-
-def next_token_loss(logits, idx):
-    """Mean next-token cross-entropy over all B*(T-1) positions."""
-    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), idx[:, 1:].flatten())
+        sae = sae_from_openai(record)
+    except (KeyError, TypeError, AttributeError, RuntimeError) as e:
+        raise ValueError(f"{path} is damaged or not an OpenAI SAE ({type(e).__name__}): download it again") from None
+    stem = os.path.splitext(os.path.basename(path))[0]
+    return sae, int(stem) if stem.isdigit() else 5
 
 
 # -----------------------------------------------------------------------------
@@ -306,27 +216,14 @@ class ConceptExtractor:
         self.chunk_tokens = chunk_tokens  # bounds the (tokens, C) scores held at once
 
     def __call__(self, idx):
-        h, grad = (t.flatten(0, 1).split(self.chunk_tokens) for t in self.teacher_pass(idx))
+        h_and_grad = teacher_pass(self.teacher, idx, self.layer, grad=self.method != "activation")
+        h, grad = (t.flatten(0, 1).split(self.chunk_tokens) for t in h_and_grad)
         labels = [self.scores(h_i, g_i).topk(self.k_attr, dim=-1).indices for h_i, g_i in zip(h, grad)]
         return torch.cat(labels).view(*idx.shape, self.k_attr)
 
     def check_data(self, meta, name):
         """Raise ValueError unless dataset `name` (its meta.json) is tokenized as the teacher's."""
         check_vocab(self.teacher, self.tokenizer, meta, name)
-
-    def teacher_pass(self, idx):
-        """h at the SAE's layer and dL/dh (zeros for "activation"): no weight gradients, no graph below h."""
-        if idx.size(1) > self.teacher.config.block_size:
-            raise ValueError(f"windows of {idx.size(1)} tokens exceed the teacher's block_size "
-                             f"{self.teacher.config.block_size}")
-        with torch.no_grad():
-            h = self.teacher.hidden(idx, self.layer)
-        if self.method == "activation":
-            return h, torch.zeros_like(h)
-        h.requires_grad_()
-        with torch.enable_grad():
-            grad, = torch.autograd.grad(next_token_loss(self.teacher.logits_from(h, self.layer), idx), h)
-        return h.detach(), grad
 
     @torch.no_grad()
     def scores(self, h, grad):
@@ -342,18 +239,7 @@ class ConceptExtractor:
 
 def load_sae(path, device="cpu"):
     """(SAE, checkpoint dict) from a sae.pt or its out_dir. Raises ValueError if it is missing or damaged."""
-    path = os.path.join(path, "sae.pt") if os.path.isdir(path) else path
-    if not os.path.exists(path):
-        raise ValueError(f"SAE checkpoint {path} not found: train one with `python sae.py`")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # a truncated, empty or foreign file: the error's type varies
-        raise ValueError(f"{path} is damaged ({type(e).__name__}): delete it and train the SAE again "
-                         f"(python sae.py --out_dir={os.path.dirname(path) or '.'})") from None
-    if not isinstance(ckpt, dict) or "sae" not in ckpt:
-        raise ValueError(f"{path} is not an SAE checkpoint: give a sae.pt that python sae.py wrote")
-    if "teacher_path" not in ckpt:
-        raise ValueError(f"{path} was written by an older sae.py (it does not name its teacher_path): retrain it")
+    _, ckpt = sae_record(path)
     sae = SAE(ckpt["n_inputs"], ckpt["n_latents"], ckpt["k"], ckpt["normalize"])
     sae.load_state_dict(ckpt["sae"])
     return sae.to(device).eval().requires_grad_(False), ckpt
@@ -515,32 +401,23 @@ def evaluate_sae(sae, teacher, layer, path, eot, block_size, n_tokens, device, b
 # the script
 
 def save_checkpoint(path, sae, state, metrics, info):
-    """Atomically (write, then rename) save the SAE with all that using it and resuming it need. A non-finite SAE
-    is never saved, and a failed write leaves the last checkpoint as it was."""
-    if not all(torch.isfinite(p).all() for p in sae.parameters()):
+    """Save the SAE with all that using it and resuming it need, whole or not at all (checkpoint.save). A
+    non-finite SAE is never saved."""
+    if not finite(sae):
         raise ValueError(f"the SAE's weights are not finite at step {state['step']}: {path} was left as it was; "
                          "train again with --overwrite and a smaller --learning_rate")
     ckpt = {"sae": sae.state_dict(), "n_inputs": sae.n_inputs, "n_latents": sae.n_latents, "k": sae.k,
             "normalize": sae.normalize, "metrics": metrics, **info,
             **{key: v.cpu() if torch.is_tensor(v) else v for key, v in state.items()}}
-    try:
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        torch.save(ckpt, path + ".tmp")
-        os.replace(path + ".tmp", path)
-    except (OSError, RuntimeError) as e:  # a full disk: torch says "unexpected pos"
-        if os.path.exists(path + ".tmp"):
-            os.remove(path + ".tmp")
-        raise ValueError(f"could not write {path} ({getattr(e, 'strerror', None) or str(e).splitlines()[0]}): "
-                         f"check the free disk space and that {os.path.dirname(path)} is writable; the last "
-                         "checkpoint was kept") from None
+    save(ckpt, path, f"{path} is kept as it was" if os.path.exists(path) else "no checkpoint was written")
 
 
-def check_settings(dev):
+def check_settings(config):
     """Refuse, before anything is loaded or written, settings that no SAE trains with."""
-    for key, low in dict(n_latents=1, k=1, batch_size=1, max_tokens=0, eval_tokens=1, k_aux=1, dead_tokens=1,
-                         log_interval=1, ckpt_interval=1, block_size=0).items():
-        if globals()[key] < low:
-            raise ValueError(f"{key}={globals()[key]} is out of range: use --{key}={low} or more")
+    check(config, at_least=dict(n_latents=1, k=1, batch_size=1, max_tokens=0, eval_tokens=1, k_aux=1, dead_tokens=1,
+                                log_interval=1, ckpt_interval=1, block_size=0),
+          between={"learning_rate": "(0, 1]",  # Adam moves each weight by about the learning rate per step
+                   "aux_coef": "[0, inf)"})
     if k > n_latents:
         raise ValueError(f"k={k} is more than n_latents={n_latents}: TopK keeps k of the latents")
     if block_size == 1:
@@ -549,65 +426,25 @@ def check_settings(dev):
     if batch_size > buffer_tokens // 2:
         raise ValueError(f"batch_size={batch_size} is more than half of buffer_tokens={buffer_tokens}, so no batch "
                          f"ever leaves the shuffle buffer: use --buffer_tokens={2 * batch_size} or more")
-    if not 0 < learning_rate <= 1:  # Adam moves each weight by about the learning rate per step
-        raise ValueError(f"learning_rate={learning_rate} is out of range: use one above 0 and at most 1, like 1e-3")
-    if not 0 <= aux_coef < math.inf:
-        raise ValueError(f"aux_coef={aux_coef} is out of range: use 0 (no AuxK) or more, like 1/32")
-    try:
-        index = torch.device(dev).index or 0
-    except RuntimeError:
-        raise ValueError(f"unknown device={dev!r}: use auto, cpu, cuda or cuda:N") from None
-    if dev.startswith("cuda") and index >= torch.cuda.device_count():
-        raise ValueError(f"device={dev} but torch sees {torch.cuda.device_count()} CUDA GPUs here: use --device=cpu")
-
-
-def check_splits(paths, data_dir, block_size, eval_tokens):
-    """Each split must hold one window and its next token, and eval_tokens at least one window."""
-    for path in paths:
-        if not os.path.exists(path):
-            raise ValueError(f"{path} not found: run `{prepare_command(data_dir)}` first")
-        if os.path.getsize(path) // 2 < block_size + 1:
-            raise ValueError(f"{path} has {os.path.getsize(path) // 2} tokens, fewer than one window of "
-                             f"block_size + 1 = {block_size + 1}: prepare more text, or use a smaller --block_size")
-    if eval_tokens < block_size:
-        raise ValueError(f"eval_tokens={eval_tokens} is less than one window of block_size={block_size} tokens: "
-                         f"use --eval_tokens={block_size} or more")
-
-
-def resume_settings(config, defaults, ckpt, path):
-    """The settings of the run in ckpt, as this module's globals: a setting left at its default takes the run's
-    value, and one that contradicts it is refused unless it is in RESUME_MAY_CHANGE."""
-    saved = {**ckpt["config"], **{key: ckpt[key] for key in RUN}}  # RUN resolved, as the SAE read it
-    for key, value in saved.items():
-        if key in COMMAND or key not in config or config[key] == value:
-            continue
-        if config[key] == defaults[key]:
-            config[key] = value
-        elif key not in RESUME_MAY_CHANGE:
-            raise ValueError(f"{key}={config[key]!r} contradicts {path}, trained with {key}={value!r}: a resumed SAE "
-                             f"keeps its settings (only {', '.join(RESUME_MAY_CHANGE)} may change); drop it, or "
-                             "train a new SAE with --overwrite")
-    globals().update(config)
-    return config
 
 
 def main():
-    defaults = configure(dict(globals()), argv=[])  # before the command line: how a resume tells a flag given
     config = configure(globals())
     ckpt_path, sae, ckpt, from_openai = os.path.join(out_dir, "sae.pt"), None, None, init_from.startswith("openai:")
     if init_from == "resume":
         sae, ckpt = load_sae(ckpt_path)  # on the CPU: moved once the device is known good
-        config = resume_settings(config, defaults, ckpt, ckpt_path)
+        saved = {**ckpt["config"], **{key: ckpt[key] for key in RUN}}  # RUN resolved, as the SAE read it
+        resume_settings(config, saved, RESUME_MAY_CHANGE, "train a new SAE with --overwrite")
+        globals().update(config)
         if ckpt["step"] > 0 and "stream" not in ckpt:
             raise ValueError(f"{ckpt_path} cannot be resumed exactly (an older sae.py wrote it): train it again "
                              "with --overwrite")
     elif init_from != "scratch" and not from_openai:
         raise ValueError(f"unknown init_from={init_from!r}: use 'scratch', 'resume' or 'openai:PATH'")
-    elif os.path.exists(ckpt_path) and not overwrite:
-        raise ValueError(f"{ckpt_path} exists: continue it with --init_from=resume, replace it with --overwrite, or "
-                         "give another --out_dir")
+    elif not overwrite:
+        check_new_run(out_dir, ["sae.pt"])
     dev = resolve_device(device)
-    check_settings(dev)
+    check_settings(config)
     torch.manual_seed(seed)
     torch.backends.cuda.matmul.allow_tf32 = True
     run, state = {key: config[key] for key in RUN}, {"step": 0, "tokens": 0}  # what the SAE reads, how far it got
@@ -615,17 +452,8 @@ def main():
         sae.requires_grad_(True)
         state = {key: ckpt[key] for key in ("step", "tokens", "since_fired", "optimizer", "stream") if key in ckpt}
     elif from_openai:
-        path = init_from[len("openai:"):]
-        if not os.path.exists(path):
-            raise ValueError(f"{path} not found: download a released SAE, e.g. az://openaipublic/sparse-autoencoder/"
-                             "gpt2-small/resid_post_mlp_v5_32k/autoencoders/5.pt")
-        try:
-            sae = sae_from_openai(torch.load(path, map_location="cpu"))
-        except (KeyError, TypeError, AttributeError, RuntimeError, EOFError, OSError) as e:
-            raise ValueError(f"{path} is damaged or not an OpenAI SAE ({type(e).__name__}): download it again") \
-                from None
-        stem = os.path.splitext(os.path.basename(path))[0]
-        run.update(teacher_path="gpt2", layer=int(stem) if stem.isdigit() else 5)  # the files are named by layer
+        sae, gpt2_layer = load_openai_sae(init_from[len("openai:"):])
+        run.update(teacher_path="gpt2", layer=gpt2_layer)
     teacher, teacher_record = load_teacher(run["teacher_path"], dev)
     teacher_meta = teacher_record["meta"]
     sae = (sae or SAE(teacher.config.n_embd, n_latents, k, normalize)).to(dev)
@@ -642,20 +470,18 @@ def main():
     else:
         meta = load_meta(data_dir)
         check_vocab(teacher, tokenizer_of(teacher_meta), meta, run["dataset"])
-        check_splits([val_path] if from_openai else [train_path, val_path], data_dir, run["block_size"], eval_tokens)
+        check_splits(data_dir, run["block_size"], ["val"] if from_openai else ["train", "val"])
+        if eval_tokens < run["block_size"]:
+            raise ValueError(f"eval_tokens={eval_tokens} is less than one window of block_size={run['block_size']} "
+                             f"tokens: use --eval_tokens={run['block_size']} or more")
     teacher_id = teacher_identity(run["teacher_path"], teacher, teacher_record)
     info = {**run, "tokenizer": tokenizer_of(meta or teacher_meta), "config": config, "teacher_id": teacher_id,
             "data_fingerprint": fingerprint(meta) if meta else None}
     changed = changed_inputs(ckpt, teacher_id, info["data_fingerprint"]) if ckpt else None
     if changed:
         raise ValueError(f"cannot resume {ckpt_path}: {changed}: train a new SAE with --overwrite")
-    parent = out_dir  # made by the first save: a run stopped before it leaves nothing behind
-    while not os.path.exists(parent):
-        parent = os.path.dirname(parent) or "."
-    if not (os.path.isdir(parent) and os.access(parent, os.W_OK)):
-        raise ValueError(f"cannot write to out_dir {out_dir}: {parent} is not a writable directory")
-    if os.path.exists(ckpt_path + ".tmp"):  # a save that was killed
-        os.remove(ckpt_path + ".tmp")
+    lock = claim_out_dir(out_dir)  # held until the run ends
+    remove_stale(ckpt_path)
     print(f"SAE: {sae.n_latents} latents, k={sae.k}, on the output of block {run['layer']} of teacher "
           f"{run['teacher_path']}, data {data_dir}, device {dev}")
     t0 = time.time()
@@ -678,6 +504,7 @@ def main():
         print(f"teacher val loss: clean {metrics['loss_clean']:.4f}, SAE spliced in {metrics['loss_spliced']:.4f}, "
               f"zero-ablated {metrics['loss_zero']:.4f}: {100 * metrics['loss_recovered']:.2f}% of the loss recovered")
     save_checkpoint(ckpt_path, sae, state, metrics, info)
+    lock.close()
     print(f"saved {ckpt_path}")
 
 

@@ -11,12 +11,12 @@ import os
 
 import torch
 
-from configurator import autocast_for, configure, resolve_device
+from configurator import autocast_for, check, configure, resolve_device
 from concepts import concepts_file, load_descriptions
 from model import GPT, generate
 from prepare import get_tokenizer
-from sae import load_teacher
 from steer import parse_steer, steer_vector, teacher_and_sae, teacher_sae_logits
+from teacher import load_teacher
 
 # -----------------------------------------------------------------------------
 init_from = "resume"        # "resume" (the checkpoint in out_dir) or a GPT-2 name like "gpt2"
@@ -72,10 +72,7 @@ def check_settings():
     if init_from != "resume" and not init_from.startswith("gpt2"):
         raise SystemExit(f"error: unknown init_from={init_from!r}: use 'resume' (the checkpoint in out_dir) or a "
                          "GPT-2 name like 'gpt2'")
-    for key, value, low in (("num_samples", num_samples, 1), ("max_new_tokens", max_new_tokens, 0),
-                            ("temperature", temperature, 0), ("top_k", top_k, 0)):
-        if value < low:
-            raise SystemExit(f"error: {key}={value} must be at least {low}")
+    check(globals(), at_least=dict(num_samples=1, max_new_tokens=0, temperature=0, top_k=0))
 
 
 def read_prompt(start):

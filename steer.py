@@ -24,10 +24,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from checkpoint import replacing, write_json
 from concepts import concepts_file
-from configurator import configure, resolve_device
+from configurator import check, configure, resolve_device
 from model import GPT, generate, steered_topk
-from sae import load_sae_and_teacher, tokenizer_of
+from sae import load_sae_and_teacher
+from teacher import tokenizer_of
 
 # -----------------------------------------------------------------------------
 out_dir = "out/compare/cocomix_s1"   # a CoCoMix student (train.py --mode=cocomix) on a concept world
@@ -179,10 +181,7 @@ def plot(results, planted, ax):
 
 def check_settings():
     """Refuse settings the metric cannot run with, before any model is loaded."""
-    for key, value, low in (("n_samples", n_samples, 1), ("max_new_tokens", max_new_tokens, 1),
-                            ("temperature", temperature, 0)):
-        if value < low:
-            raise ValueError(f"{key}={value} must be at least {low}")
+    check(globals(), at_least=dict(n_samples=1, max_new_tokens=1, temperature=0))
     return parse_scales(scales)
 
 
@@ -212,18 +211,15 @@ def main():
     out = {"out_dir": out_dir, "force": force, "n_samples": n_samples, "max_new_tokens": max_new_tokens,
            "temperature": temperature, "planted": planted,
            "results": {name: {str(k): v for k, v in r.items()} for name, r in results.items()}}
-    path = os.path.join(out_dir, "steering.json")
-    with open(path + ".tmp", "w") as f:
-        json.dump(out, f, indent=1)
-    os.replace(path + ".tmp", path)
+    write_json(out, os.path.join(out_dir, "steering.json"))
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(6, 4))
     plot(results, planted, ax)
     fig.tight_layout()
-    fig.savefig(os.path.join(out_dir, "steering.tmp.png"), dpi=120)
-    os.replace(os.path.join(out_dir, "steering.tmp.png"), os.path.join(out_dir, "steering.png"))
+    with replacing(os.path.join(out_dir, "steering.png")) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
     print(f"wrote {out_dir}/steering.json and steering.png")
 
 

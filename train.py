@@ -14,14 +14,11 @@ Resume a stopped run. It keeps its own settings; a flag may change only how long
 evaluates, logs and saves, where its data lies and the machine (RESUME_MAY_CHANGE in train.py):
     python train.py --init_from=resume --out_dir=out/ntp --max_iters=2000
 """
-import ast
 import gc
 import json
 import math
 import os
 import random
-import shutil
-import sys
 import time
 from contextlib import nullcontext
 from dataclasses import asdict
@@ -31,14 +28,10 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-try:
-    import fcntl  # the out_dir lock; POSIX only
-except ImportError:
-    fcntl = None
-
-from configurator import autocast_for, configure, resolve_device
+from checkpoint import check_new_run, claim_out_dir, finite, remove_stale, replacing, save
+from configurator import autocast_for, check, configure, resolve_device, resume_settings
 from model import GPT, GPTConfig
-from prepare import fingerprint, load_meta, prepare_command
+from prepare import check_splits, check_trained_on, fingerprint, load_meta
 from sae import load_concept_extractor
 
 # -----------------------------------------------------------------------------
@@ -89,7 +82,6 @@ compile = True              # torch.compile the model; applies on CUDA only
 seed = 1337
 # -----------------------------------------------------------------------------
 config = configure(globals())
-RUN_KEYS = ("out_dir", "init_from", "overwrite")  # this command, not the run: never taken from a checkpoint
 # What a flag may change on resume: how long to train and to decay the learning rate, how often to evaluate, log
 # and save, where the data lies (its fingerprint is checked) and the machine. The rest (model, data, batches,
 # optimizer, seed, CoCoMix) is the run itself.
@@ -101,68 +93,15 @@ def fail(message):
     raise SystemExit(f"error: {message}")
 
 
-def keys_given(argv):
-    """The config keys this command line sets: its --key flags and the names its config files assign."""
-    keys = set()
-    for arg in argv:
-        if arg.startswith("--"):
-            keys.add(arg[2:].partition("=")[0])
-        else:
-            tree = ast.parse(open(arg).read())
-            keys |= {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
-    return keys
-
-
-def load_checkpoint(path):
-    """(model, record) of the run to resume, or a one-line error saying why it cannot be resumed."""
-    try:
-        return GPT.from_checkpoint(path)
-    except ValueError as e:
-        fail(e)
-    except Exception as e:  # torch.load's errors for a truncated, empty or foreign file vary in type
-        fail(f"{path} is damaged or not a train.py checkpoint ({type(e).__name__}): restore it from a copy, or "
-             "start the run over with --overwrite")
-
-
-def resume_config(saved, given):
-    """Restore the run's own settings from its checkpoint. A setting given here that contradicts one is an
-    error, except those in RESUME_MAY_CHANGE; returns what those changed, for the log."""
-    changes = []
-    for key, value in saved.items():
-        if key not in config or key in RUN_KEYS or config[key] == value:
-            continue
-        if key not in given:
-            config[key] = value
-        elif key in RESUME_MAY_CHANGE:
-            changes.append(f"{key} {value!r} -> {config[key]!r}")
-        else:
-            fail(f"{key}={config[key]!r} contradicts the checkpoint's {key}={value!r}: a resumed run keeps its "
-                 f"settings (a flag may change only {', '.join(RESUME_MAY_CHANGE)}); drop it, or start a new run "
-                 "in another --out_dir")
-    globals().update(config)
-    return changes
-
-
 def check_settings():
     """Stop, in one line, at the first setting the run cannot use; before anything is written."""
-    for key, value in config.items():
-        if value is None and key not in ("lr_decay_iters", "warmup_iters"):
-            fail(f"{key}=None: give it a value")
-    checks = [(key, config[key] is None or config[key] >= low, f"{low} or more") for key, low in dict(
-        eval_interval=1, log_interval=1, eval_iters=1, gradient_accumulation_steps=1, batch_size=1, block_size=1,
-        n_layer=1, n_head=1, n_embd=1, k_attr=1, k_concepts=1, max_iters=0, lr_decay_iters=1, warmup_iters=0).items()]
-    checks += [("learning_rate", 0 < learning_rate < math.inf, "a number above 0"),
-               ("dropout", 0 <= dropout < 1, "0 <= dropout < 1"), ("beta1", 0 <= beta1 < 1, "0 <= beta1 < 1"),
-               ("beta2", 0 <= beta2 < 1, "0 <= beta2 < 1"), ("min_lr_ratio", 0 <= min_lr_ratio <= 1, "0 to 1"),
-               ("weight_decay", 0 <= weight_decay < math.inf, "0 or more"),
-               ("grad_clip", 0 <= grad_clip < math.inf, "0 (off) or more"),
-               ("lam_concept", 0 <= lam_concept < math.inf, "0 or more")]
-    checks += [(key, config[key] in choices, " or ".join(map(repr, choices))) for key, choices in dict(
-        mode=("ntp", "cocomix"), mixing=("interleave", "add", "none"),
-        concept_method=("attribution", "attribution_pre", "activation")).items()]
-    for key, ok, allowed in checks:
-        if not ok:
-            fail(f"{key}={config[key]!r} is not allowed: use {allowed}")
+    check(config, at_least=dict(eval_interval=1, log_interval=1, eval_iters=1, gradient_accumulation_steps=1,
+                                batch_size=1, block_size=1, n_layer=1, n_head=1, n_embd=1, k_attr=1, k_concepts=1,
+                                max_iters=0, lr_decay_iters=1, warmup_iters=0),
+          between=dict(learning_rate="(0, inf)", dropout="[0, 1)", beta1="[0, 1)", beta2="[0, 1)",
+                       min_lr_ratio="[0, 1]", weight_decay="[0, inf)", grad_clip="[0, inf)", lam_concept="[0, inf)"),
+          one_of=dict(mode=("ntp", "cocomix"), mixing=("interleave", "add", "none"),
+                      concept_method=("attribution", "attribution_pre", "activation")))
     if init_from not in ("scratch", "resume") and not init_from.startswith("gpt2"):
         fail(f"unknown init_from={init_from!r}: use 'scratch', 'resume' or a GPT-2 name like 'gpt2'")
     if init_from == "resume" and overwrite:
@@ -176,40 +115,22 @@ def check_settings():
              f"{os.environ['WORLD_SIZE']} processes")
     if not out_dir:
         fail("out_dir is empty: give --out_dir=DIR")
-    try:
-        is_cuda = torch.device(resolve_device(device)).type == "cuda"
-    except RuntimeError:
-        fail(f"unknown device={device!r}: use auto, cpu, cuda or cuda:N")
-    if is_cuda and resolve_device("auto") != "cuda":  # "auto" is cuda exactly when one is visible
-        fail(f"--device={device} but no CUDA device is visible: use --device=cpu")
-
-
-def check_data():
-    """The dataset's meta.json, once both splits are known to hold at least one window of block_size+1 tokens."""
-    for split in ("train", "val"):
-        path = os.path.join(data_dir, f"{split}.bin")
-        if not os.path.isfile(path):
-            fail(f"{path} not found: run `{prepare_command(data_dir)}` first")
-        if (n := os.path.getsize(path) // 2) < block_size + 1:
-            fail(f"{data_dir} has {n} {split} tokens, fewer than one window of block_size+1={block_size + 1}: "
-                 "lower --block_size or give more text")
-    try:
-        return load_meta(data_dir)
-    except ValueError as e:  # a JSONDecodeError
-        fail(f"{data_dir}/meta.json is damaged ({e}): run `{prepare_command(data_dir)}` again")
 
 
 # on resume the run's own settings come first: everything below is checked and built from them
 ckpt_path = os.path.join(out_dir, "ckpt.pt")
 checkpoint, changes = None, []
 if init_from == "resume":
-    model, checkpoint = load_checkpoint(ckpt_path)
-    changes = resume_config(checkpoint["config"], keys_given(sys.argv[1:]))
+    try:
+        model, checkpoint = GPT.from_checkpoint(ckpt_path)
+    except ValueError as e:
+        fail(e)
+    changes = resume_settings(config, checkpoint["config"], RESUME_MAY_CHANGE, "start a new run in another --out_dir")
+    globals().update(config)
 check_settings()
-held = [f for f in ("ckpt.pt", "metrics.jsonl") if os.path.exists(os.path.join(out_dir, f))]
-if init_from != "resume" and held and not overwrite:
-    fail(f"{out_dir} already holds a run ({', '.join(held)}): resume it with --init_from=resume, replace it with "
-         "--overwrite, or use another --out_dir")
+device = resolve_device(device)
+if init_from != "resume" and not overwrite:
+    check_new_run(out_dir, ("ckpt.pt", "metrics.jsonl"))
 
 
 def setup_distributed():
@@ -220,7 +141,6 @@ def setup_distributed():
     return dist.get_rank(), int(os.environ["LOCAL_RANK"]), dist.get_world_size()
 
 
-device = resolve_device(device)
 rank, local_rank, world_size = setup_distributed()
 if world_size > 1 and device == "cuda":
     device = f"cuda:{local_rank}"
@@ -244,10 +164,13 @@ if master:
 # -----------------------------------------------------------------------------
 # data: the uint16 token memmaps from prepare.py
 data_dir = os.path.join(data_root, dataset)
-meta = check_data()
-if checkpoint is not None and fingerprint(meta) != fingerprint(checkpoint["meta"]):
-    fail(f"{data_dir} was re-prepared since this run started (its meta.json differs from the one in {ckpt_path}): "
-         "restore the data the run was trained on, or start a new run in another --out_dir")
+check_splits(data_dir, block_size)
+meta = load_meta(data_dir)
+if checkpoint is not None:
+    try:
+        check_trained_on(checkpoint, data_dir, ckpt_path)  # the data it learned, not one re-prepared since
+    except ValueError as e:
+        fail(e)
 
 
 def get_batch(split, it, micro):
@@ -281,10 +204,9 @@ if mode == "cocomix":
     if block_size > extractor.teacher.config.block_size:
         fail(f"block_size={block_size} exceeds the teacher's {extractor.teacher.config.block_size}: the teacher "
              f"labels the student's exact windows, so use --block_size<={extractor.teacher.config.block_size}")
-    for key in ("k_attr", "k_concepts"):
-        if config[key] > extractor.n_concepts:
-            fail(f"{key}={config[key]} exceeds the SAE's {extractor.n_concepts} concepts: "
-                 f"use 1..{extractor.n_concepts}")
+    if k_concepts > extractor.n_concepts:  # k_attr: the extractor checks it
+        fail(f"k_concepts={k_concepts} exceeds the SAE's {extractor.n_concepts} concepts: "
+             f"use 1..{extractor.n_concepts}")
     model_args.update(n_concepts=extractor.n_concepts, k_concepts=k_concepts, insert_layer=insert_layer,
                       mixing=mixing)
 if init_from == "scratch":
@@ -311,44 +233,18 @@ if meta["vocab_size"] > model.config.vocab_size:
 model.to(device)
 
 
-def claim_out_dir():
-    """Create out_dir and lock it (out_dir/.lock) for this process's life; the OS drops a flock when its process
-    dies, even by kill -9, so a stale lock never blocks. Stops if out_dir is not writable or another run holds it."""
-    try:
-        os.makedirs(out_dir, exist_ok=True)
-        if not os.access(out_dir, os.W_OK):
-            raise PermissionError(13, "not writable")  # else an existing .lock would still open
-        lock = open(os.path.join(out_dir, ".lock"), "a+")
-    except OSError as e:
-        fail(f"cannot write to out_dir {out_dir} ({e.strerror}): choose a writable --out_dir")
-    if fcntl:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            lock.seek(0)
-            fail(f"{out_dir} is in use by another run (pid {lock.read().strip() or '?'}): wait for it or stop it, "
-                 "or use another --out_dir")
-    lock.truncate(0)
-    lock.write(f"{os.getpid()}\n")
-    lock.flush()
-    return lock
-
-
 # only now, all inputs checked, is anything written: a run stopped by bad input leaves nothing behind
 metrics_path = os.path.join(out_dir, "metrics.jsonl")
 if master:
-    lock = claim_out_dir()
-    for stale in (ckpt_path + ".tmp", metrics_path + ".tmp"):  # left by a killed save
-        if os.path.exists(stale):
-            os.remove(stale)
+    lock = claim_out_dir(out_dir)  # held until the run ends
+    remove_stale(ckpt_path, metrics_path)
     if init_from != "resume" and os.path.exists(ckpt_path):  # --overwrite: the old run goes
         os.remove(ckpt_path)
     # a resumed run re-evaluates at its first iteration: keep the rows before it (none for a new run), and not a
     # row cut short by a kill; atomically (write, then rename), so a kill here loses nothing
     rows = open(metrics_path).readlines() if os.path.exists(metrics_path) else []
-    with open(metrics_path + ".tmp", "w") as f:
+    with replacing(metrics_path) as tmp, open(tmp, "w") as f:
         f.writelines(r for r in rows if r.endswith("\n") and json.loads(r)["iter"] < iter_num)
-    os.replace(metrics_path + ".tmp", metrics_path)
 optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type)
 if checkpoint is not None:
     optimizer.load_state_dict(checkpoint["optimizer"])
@@ -443,9 +339,9 @@ def stop_nonfinite(what):
 
 
 def save_checkpoint():
-    """Atomically (write, then rename) save everything a bit-exact resume needs. Never a non-finite model;
-    a failed write (a full disk) keeps the last checkpoint."""
-    if not torch.stack([p.isfinite().all() for p in raw_model.parameters()]).all():
+    """Save everything a bit-exact resume needs, whole or not at all (checkpoint.save). Never a non-finite
+    model."""
+    if not finite(raw_model):
         stop_nonfinite("the weights are not finite")
     rng_torch = [torch.get_rng_state()]
     if world_size > 1:  # each rank has its own dropout stream
@@ -457,15 +353,7 @@ def save_checkpoint():
             "iter_num": iter_num, "best_val_loss": best_val_loss, "config": config, "meta": meta,
             "data_fingerprint": fingerprint(meta),
             "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": rng_torch}}
-    try:
-        torch.save(ckpt, ckpt_path + ".tmp")
-    except (OSError, RuntimeError) as e:  # a full disk shows as RuntimeError("... unexpected pos ...")
-        if os.path.exists(ckpt_path + ".tmp"):
-            os.remove(ckpt_path + ".tmp")
-        free = shutil.disk_usage(out_dir).free >> 20
-        fail(f"could not write {ckpt_path}.tmp ({type(e).__name__}, {free} MiB free): the disk is full or not "
-             f"writable; free space, then resume with --init_from=resume; {kept()}")
-    os.replace(ckpt_path + ".tmp", ckpt_path)
+    save(ckpt, ckpt_path, kept())
 
 
 def log_metrics(row):

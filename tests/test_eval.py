@@ -17,6 +17,7 @@ import eval as E
 from conftest import run_script
 from model import GPT, GPTConfig
 from prepare import get_tokenizer, load_planted_concepts, load_tokens, prepare_concepts
+from tasks import TASKS, load_docs, multiple_choice, wikitext_detokenize
 from world import concept_probe_items
 
 # GPT-2's pre-tokenizer over single bytes: offline, and a string's tokens are simply its UTF-8 bytes
@@ -137,11 +138,11 @@ def write_task_dir(d):
 @pytest.mark.parametrize("task", list(ROWS))
 def test_multiple_choice_prompts_are_lm_evals_zero_shot_prompts(task):
     for row, pairs, gold, answers in ROWS[task]:
-        assert E.multiple_choice(task, row) == (pairs, gold, answers)
+        assert multiple_choice(task, row) == (pairs, gold, answers)
 
 
 def test_wikitext_is_detokenized_but_words_are_counted_on_the_raw_page():
-    assert E.wikitext_detokenize(WIKI_PAGE) == WIKI_DETOKENIZED
+    assert wikitext_detokenize(WIKI_PAGE) == WIKI_DETOKENIZED
 
 
 def test_loglikelihoods_in_padded_batches_equal_one_sequence_at_a_time_with_left_truncation():
@@ -186,7 +187,7 @@ def test_lambada_scores_the_last_word_after_a_space_greedy_acc_and_perplexity(tm
     for a, b in ("e ", " m", "ma", "at"):  # greedy decoding after "...the" writes " mat", not " far"
         table[ord(a), ord(b)] = 10.0
     model = Bigram(table)
-    docs = E.load_docs("lambada_openai", write_jsonl(tmp_path / "l.jsonl", LAMBADA))
+    docs = load_docs("lambada_openai", write_jsonl(tmp_path / "l.jsonl", LAMBADA))
     res = E.run_task(model, "lambada_openai", docs, TINY_ENC.encode_ordinary, EOT)
     lls = [hand_loglikelihood(model, tokens("the cat sat on the"), tokens(" mat")),
            hand_loglikelihood(model, tokens("a dog ran"), tokens(" far"))]
@@ -196,7 +197,7 @@ def test_lambada_scores_the_last_word_after_a_space_greedy_acc_and_perplexity(tm
 
 def test_wikitext_word_perplexity_rolls_windows_over_each_page(tmp_path):
     model = tiny_gpt()
-    docs = E.load_docs("wikitext", write_jsonl(tmp_path / "w.jsonl", [{"page": WIKI_PAGE}, {"page": " = B = \n"}]))
+    docs = load_docs("wikitext", write_jsonl(tmp_path / "w.jsonl", [{"page": WIKI_PAGE}, {"page": " = B = \n"}]))
     res = E.run_task(model, "wikitext", docs, TINY_ENC.encode_ordinary, EOT)
     total = 0.0
     for text in (WIKI_DETOKENIZED, " = B =\n"):
@@ -317,10 +318,10 @@ def test_a_run_without_a_checkpoint_stops_with_a_one_line_error(tmp_path):
 def test_bad_task_files_and_mismatched_tokenizers_stop_with_one_line_errors(tmp_path):
     bad = write_jsonl(tmp_path / "piqa.jsonl", [{"goal": "g", "sol1": "a", "label": 0}])
     with pytest.raises(SystemExit, match="row 1 lacks sol2: piqa rows need the fields goal, sol1, sol2, label"):
-        E.load_docs("piqa", bad)
+        load_docs("piqa", bad)
     (tmp_path / "broken.jsonl").write_text('{"goal": "g",\n')
     with pytest.raises(SystemExit, match="line 1 is not JSON"):
-        E.load_docs("piqa", str(tmp_path / "broken.jsonl"))
+        load_docs("piqa", str(tmp_path / "broken.jsonl"))
     with pytest.raises(SystemExit, match="arc_easy row 1 is malformed"):
         E.run_task(tiny_gpt(), "arc_easy", [{"question": "q", "choices": {"text": ["a"], "label": ["A"]},
                                              "answerKey": "Z"}], TINY_ENC.encode_ordinary, EOT)
@@ -346,17 +347,17 @@ def test_tasks_load_from_the_hub_datasets_lm_eval_uses(monkeypatch):
         calls.append((path, name, split))
         return [ROWS["piqa"][0][0]]
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
-    E.load_docs("piqa")
+    load_docs("piqa")
     assert calls == [("baber/piqa", None, "validation")]
-    assert E.TASKS["lambada_openai"][:3] == ("EleutherAI/lambada_openai", "default", "test")
-    assert E.TASKS["wikitext"][:3] == ("EleutherAI/wikitext_document_level", "wikitext-2-raw-v1", "test")
-    assert E.TASKS["winogrande"][:3] == ("allenai/winogrande", "winogrande_xl", "validation")
+    assert TASKS["lambada_openai"][:3] == ("EleutherAI/lambada_openai", "default", "test")
+    assert TASKS["wikitext"][:3] == ("EleutherAI/wikitext_document_level", "wikitext-2-raw-v1", "test")
+    assert TASKS["winogrande"][:3] == ("allenai/winogrande", "winogrande_xl", "validation")
 
     def offline(*args, **kw):
         raise ConnectionError("offline")
     monkeypatch.setattr(datasets, "load_dataset", offline)
     with pytest.raises(SystemExit, match="pass --task_dir=DIR with hellaswag.jsonl"):
-        E.load_docs("hellaswag")
+        load_docs("hellaswag")
 
 
 def test_lm_eval_harness_through_the_adapter_agrees_with_the_native_tasks(tmp_path, monkeypatch):
@@ -371,7 +372,7 @@ def test_lm_eval_harness_through_the_adapter_agrees_with_the_native_tasks(tmp_pa
                "hellaswag": "hellaswag/hellaswag.yaml", "piqa": "piqa/piqa.yaml", "social_iqa": "siqa/siqa.yaml",
                "arc_easy": "arc/arc_easy.yaml", "winogrande": "winogrande/default.yaml"}
     for task, path in configs.items():  # lm-eval's own task configs, reading our local rows
-        split = E.TASKS[task][2]
+        split = TASKS[task][2]
         splits = "".join(f"{s}_split: {s if s == split else 'null'}\n" for s in ("training", "validation", "test"))
         (tmp_path / f"local_{task}.yaml").write_text(
             f"include: {os.path.join(stock, path)}\ntask: local_{task}\ndataset_path: json\ndataset_name: null\n"

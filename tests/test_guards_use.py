@@ -23,7 +23,8 @@ import torch
 from conftest import ROOT, run_script
 from model import GPT, GPTConfig
 from prepare import fingerprint, prepare_concepts
-from sae import SAE, load_teacher, save_checkpoint, teacher_identity
+from sae import SAE, save_checkpoint
+from teacher import load_teacher, teacher_identity
 
 
 @pytest.fixture(autouse=True)
@@ -140,6 +141,7 @@ ROWS = [
     ("sample.py", "--out_dir=runs/ntp_s1 --start=FILE:bad/latin1.txt", "prompt file bad/latin1.txt is not UTF-8"),
     ("sample.py", "--out_dir=runs/ntp_s1 --start=xyz", "the prompt does not fit the model's tokenizer: character 'x'"),
     ("sample.py", "--out_dir=runs/ntp_s1 --dtype=float64", "unknown dtype='float64'"),
+    ("sample.py", "--out_dir=runs/ntp_s1 --device=gpu", "unknown device='gpu': use auto, cpu, cuda or cuda:N"),
     ("sample.py", "--out_dir=bad/empty_run", "bad/empty_run/ckpt.pt not found: train a model first"),
     ("sample.py", "--out_dir=bad/truncated.pt", TRUNCATED),
     ("sample.py", "--out_dir=bad/empty.pt", "bad/empty.pt is damaged or not a train.py checkpoint (the file is empty)"),
@@ -159,6 +161,7 @@ ROWS = [
     ("eval.py", "runs/ntp_s1 --batch_size=0", "batch_size=0 must be at least 1"),
     ("eval.py", "runs/ntp_s1 --probe_prefix=0", "probe_prefix=0 must be at least 1"),
     ("eval.py", "runs/ntp_s1 --dtype=fp8", "unknown dtype='fp8'"),
+    ("eval.py", "runs/ntp_s1 --device=cuda:99", "--device=cuda:99 but "),  # no CUDA device, or fewer than 100
     ("eval.py", "runs/ntp_s1 --out=tiny.py", "--out=tiny.py is a file"),
     ("eval.py", "bad/empty_run", "bad/empty_run/ckpt.pt not found"),
     ("eval.py", "bad/truncated.pt", TRUNCATED),
@@ -177,6 +180,7 @@ ROWS = [
     ("steer.py", "--out_dir=student --n_samples=0", "n_samples=0 must be at least 1"),
     ("steer.py", "--out_dir=student --max_new_tokens=0", "max_new_tokens=0 must be at least 1"),
     ("steer.py", "--out_dir=student --temperature=-0.5", "temperature=-0.5 must be at least 0"),
+    ("steer.py", "--out_dir=student --device=tpu", "unknown device='tpu'"),
     ("steer.py", "--out_dir=bad/truncated.pt", TRUNCATED),
     ("steer.py", "--out_dir=student_nosae", "SAE checkpoint missing/sae.pt not found"),
     ("steer.py", "--out_dir=student_badsae", "bad/truncated.pt is damaged"),
@@ -199,7 +203,8 @@ ROWS = [
     ("concepts.py", "--eval_tokens=0", "eval_tokens=0 must be at least 1"),
     ("concepts.py", "--sae_path=sae/sae.pt --eval_tokens=8", "no window of 16 tokens to read the latents on"),
     ("concepts.py", "--context=0", "context=0 must be at least 1"),
-    ("concepts.py", "--match_auroc=1.5", "match_auroc=1.5 must be an AUROC"),
+    ("concepts.py", "--match_auroc=1.5", "match_auroc=1.5 must be in [0, 1]"),
+    ("concepts.py", "--device=cuda:99", "--device=cuda:99 but "),
     ("concepts.py", "--sae_path=sae/sae.pt --out=bad", "cannot write --out=bad: name a file in an existing directory"),
     # compare.py
     ("compare.py", "runs_empty", "runs_empty/ntp_s1/metrics.jsonl is empty: the run has not evaluated yet"),

@@ -1,3 +1,4 @@
+import json
 import os
 
 import numpy as np
@@ -216,3 +217,16 @@ def test_text_is_read_as_open_reads_it_and_shakespeare_is_saved_only_once_downlo
     meta = prepare.prepare_shakespeare(str(tmp_path / "data"), "chars", 0.1)
     assert meta["train_tokens"] + meta["val_tokens"] == 190 and meta["source"].startswith("https://")
     assert sorted(os.listdir(tmp_path / "data/shakespeare")) == ["input.txt", "meta.json", "train.bin", "val.bin"]
+
+
+def test_a_checkpoint_refuses_a_dataset_re_prepared_since_it_learned_it(tmp_path):
+    meta = {"dataset": "story", "tokenizer": "chars", "vocab_size": 3, "itos": ["a", "b", " "], "source": "a.txt"}
+    (tmp_path / "story").mkdir()
+    (tmp_path / "story" / "meta.json").write_text(json.dumps(meta))
+    prepare.check_trained_on({"meta": meta}, str(tmp_path / "story"), "out/x/ckpt.pt")  # the same data: fine
+    recorded = {"meta": {}, "data_fingerprint": prepare.fingerprint(meta)}  # the fingerprint, where it is recorded
+    prepare.check_trained_on(recorded, str(tmp_path / "story"), "out/x")
+    (tmp_path / "story" / "meta.json").write_text(json.dumps({**meta, "source": "b.txt"}))
+    with pytest.raises(ValueError, match=r"story/meta.json was re-prepared since out/x/ckpt.pt was trained \(its "
+                                         r"fingerprint is \w+, the checkpoint's \w+\): .* again \(a.txt\)"):
+        prepare.check_trained_on({"meta": meta}, str(tmp_path / "story"), "out/x/ckpt.pt")

@@ -9,9 +9,10 @@ import torch.nn.functional as F
 from conftest import run_script
 from model import GPT, GPTConfig
 from model import layer_norm
-from prepare import fingerprint
-from sae import (SAE, ActivationStream, ConceptExtractor, auxk_loss, check_vocab, densify, fvu, load_concept_extractor,
-                 load_sae, sae_from_openai, sae_inputs_changed, save_checkpoint, topk_relu, train)
+from prepare import fingerprint, load_meta
+from sae import (SAE, ActivationStream, ConceptExtractor, auxk_loss, densify, fvu, load_concept_extractor, load_sae,
+                 sae_from_openai, save_checkpoint, topk_relu, train)
+from teacher import changed_inputs, check_vocab, load_teacher, teacher_identity, teacher_pass
 
 TEACHER = dict(block_size=16, vocab_size=24, n_layer=3, n_head=2, n_embd=32)
 
@@ -114,7 +115,7 @@ def test_concept_scores_are_gradient_times_latent_through_the_spliced_reconstruc
     idx = torch.randint(0, 24, (3, 12))
     dl_dc, c, pre, std = spliced_latent_gradient(teacher, sae, idx, layer)
     extractor = ConceptExtractor(teacher, sae, layer, k_attr=3, method=method)
-    scores = extractor.scores(*extractor.teacher_pass(idx))
+    scores = extractor.scores(*teacher_pass(teacher, idx, layer, grad=method != "activation"))
     expected = {"attribution": dl_dc * c, "attribution_pre": dl_dc * pre, "activation": c}[method]
     if method != "activation":  # the official code leaves out the positive per-token std
         scores = scores * std
@@ -178,6 +179,12 @@ def train_briefly(model, tokens, steps=150):
     return model.eval().requires_grad_(False)
 
 
+def inputs_changed(ckpt):
+    """Why the teacher and the dataset at the paths a sae.pt (ckpt) records are not those it was trained on, or None."""
+    teacher_id = teacher_identity(ckpt["teacher_path"], *load_teacher(ckpt["teacher_path"], "cpu"))
+    return changed_inputs(ckpt, teacher_id, fingerprint(load_meta(os.path.join(ckpt["data_root"], ckpt["dataset"]))))
+
+
 @pytest.fixture
 def teacher_and_data(tmp_path):
     return make_teacher_and_data(tmp_path)
@@ -230,7 +237,7 @@ def test_trains_saves_a_usable_checkpoint_and_resumes(teacher_and_data, tmp_path
         (teacher_path, 1, 4, 32, 32, True)
     meta = json.loads(open(os.path.join(root, "toyworld", "meta.json")).read())
     assert ckpt["data_fingerprint"] == fingerprint(meta) and ckpt["teacher_id"]["data"] == fingerprint(meta)
-    assert sae_inputs_changed(ckpt) is None
+    assert inputs_changed(ckpt) is None
     m = ckpt["metrics"]
     assert m["fvu"] < 0.2 and m["l0"] > 3 and m["dead_frac"] < 0.5
     assert m["loss_clean"] <= m["loss_spliced"] < m["loss_zero"] and m["loss_recovered"] > 0.5
@@ -404,7 +411,7 @@ def test_an_sae_whose_teacher_or_data_changed_is_refused_for_resume_and_for_labe
     retrained = dict(good, iter_num=40)
     retrained["model"] = {key: w + 0.01 for key, w in good["model"].items()}
     torch.save(retrained, teacher_path)
-    assert sae_inputs_changed(ckpt).startswith(f"the teacher at {teacher_path} was retrained since this SAE started "
+    assert inputs_changed(ckpt).startswith(f"the teacher at {teacher_path} was retrained since this SAE started "
                                                "(iter_num None -> 40, weights ")
     with pytest.raises(ValueError, match="cannot be used: the teacher at .* was retrained since this SAE started"):
         load_concept_extractor(str(out / "sae.pt"), "cpu")
@@ -416,7 +423,7 @@ def test_an_sae_whose_teacher_or_data_changed_is_refused_for_resume_and_for_labe
     meta_path = os.path.join(root, "toyworld", "meta.json")
     meta = json.loads(open(meta_path).read())
     open(meta_path, "w").write(json.dumps(dict(meta, source="another text")))
-    assert sae_inputs_changed(ckpt) == "dataset toyworld was prepared again since this SAE started (its meta.json " \
+    assert inputs_changed(ckpt) == "dataset toyworld was prepared again since this SAE started (its meta.json " \
                                        "changed)"
     open(meta_path, "w").write(json.dumps(meta))
-    assert sae_inputs_changed(ckpt) is None
+    assert inputs_changed(ckpt) is None

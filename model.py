@@ -179,15 +179,15 @@ class GPT(nn.Module):
         "ntp" (next-token CE) and, given concept_labels (B, T, K_attr), "concept" (Eq. 2).
         steer and force steer the predicted concepts (see steered_topk).
         """
-        c = self.config
+        cfg = self.config
         concept_logits = None
-        if not c.n_concepts:
-            logits = self.logits_from(self.hidden(idx, c.n_layer - 1), c.n_layer - 1)
-        else:
-            concept_logits, h = self.mix_concepts(self.hidden(idx, c.insert_layer - 1), steer, force)
-            for block in self.transformer.h[c.insert_layer:]:
+        if not cfg.n_concepts:  # plain GPT-2: every block, then the head
+            logits = self.logits_from(self.hidden(idx, cfg.n_layer - 1), cfg.n_layer - 1)
+        else:  # concepts from the input of block insert_layer, mixed in before it and the blocks after (Sec. 2.3)
+            concept_logits, h = self.mix_concepts(self.hidden(idx, cfg.insert_layer - 1), steer, force)
+            for block in self.transformer.h[cfg.insert_layer:]:
                 h = block(h)
-            if c.mixing == "interleave":
+            if cfg.mixing == "interleave":
                 h = h[:, 1::2]  # predict x_{t+1} from the concept slot c_t, which has seen h_<=t and c_<=t (Eq. 4)
             logits = self.lm_head(self.transformer.ln_f(h))
         if targets is None:

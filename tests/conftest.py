@@ -21,6 +21,16 @@ def run_script(*args, check=True, env=None, cwd=ROOT):
 
 
 @pytest.fixture
+def one_thread():
+    """Tiny models run faster on one thread, and do not fight other tests for the cores."""
+    import torch
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
 def tiny_dataset(tmp_path):
     """A learnable toy token stream (a noisy repeating pattern) in prepare.py's format: (data_root, name)."""
     rng = np.random.default_rng(0)

@@ -29,13 +29,7 @@ GPT2_META = {"dataset": "tiny", "tokenizer": "gpt2", "vocab_size": 257, "eot_tok
 T = 32
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run faster on one thread, and do not fight other tests for the cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_gpt(n_concepts=0, vocab_size=320, seed=0):

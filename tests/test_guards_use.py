@@ -27,12 +27,7 @@ from sae import SAE, save_checkpoint
 from teacher import load_teacher, teacher_identity
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def save_run(run_dir, model, meta, **config):

@@ -214,14 +214,15 @@ def plot_alignment(described, ax):
 
 def plot_labels(words, labels, described, ax, per_line=12):
     """An example text, each token coloured by the factor of the first of its labels that is named after a planted
-    concept, with that concept's value under it (grey, and the first label's id: no label is named)."""
+    concept, with that concept's value under it (grey, and the first label's id: no label is named; "-": the token
+    has no label, as the window's last one)."""
     import matplotlib.pyplot as plt
     latents = described["latents"]
     factors = list(dict.fromkeys(c["name"].split("=")[0] for c in described["planted"] or []))
     colors = dict(zip(factors, plt.cm.tab10.colors))
     for i, (w, lab) in enumerate(zip(words, labels)):
-        named = [latents[j]["description"] for j in lab if "=" in latents[j]["description"]]
-        factor, value = named[0].split("=") if named else (None, str(lab[0]))
+        named = [latents[j]["description"] for j in lab if j >= 0 and "=" in latents[j]["description"]]
+        factor, value = named[0].split("=") if named else (None, str(lab[0]) if lab[0] >= 0 else "-")
         x, y = i % per_line, -(i // per_line)
         ax.text(x, y, w, ha="center", va="center", fontsize=9,
                 bbox=dict(facecolor=colors.get(factor, (0.85, 0.85, 0.85)), alpha=0.6, lw=0))

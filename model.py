@@ -311,10 +311,13 @@ def generate(logits_fn, idx, max_new_tokens, block_size, temperature=1.0, top_k=
 
 
 def concept_loss(concept_logits, labels):
-    """Eq. 2: the mean of K_attr single-label cross-entropies over all C concepts, at every position.
-    One log-softmax serves all K_attr labels (no (B, T, K, C) copy)."""
+    """Eq. 2: the mean of single-label cross-entropies over all C concepts, over every label that is not -1
+    (a slot with no positive attribution, see sae.ConceptExtractor.labels; the official code trains on the
+    arbitrary latents ranked there). One log-softmax serves all K_attr labels (no (B, T, K, C) copy)."""
     logp = F.log_softmax(concept_logits.float(), dim=-1)
-    return -logp.gather(-1, labels).mean()
+    given = labels >= 0
+    nll = -logp.gather(-1, labels.clamp(min=0))
+    return (nll * given).sum() / given.sum().clamp(min=1)
 
 
 # Peak dense bf16 tensor-core FLOP/s, matched against torch.cuda.get_device_name()

@@ -194,7 +194,8 @@ def load_openai_sae(path):
 # concept labels for CoCoMix
 
 class ConceptExtractor:
-    """idx (B, T) -> (B, T, k_attr) concept labels, the top-k_attr SAE latents at each position by
+    """idx (B, T) -> (B, T, k_attr) concept labels (-1: none, see labels), the top-k_attr SAE latents at each
+    position by
       "attribution":     (dL/dh @ W_dec) * c      what the official code computes: gradient x post-TopK latent
       "attribution_pre": (dL/dh @ W_dec) * c_pre  the paper's Eq. 1: gradient x pre-activation
       "activation":      c                        the paper's ablation (Fig. 6a)
@@ -210,6 +211,9 @@ class ConceptExtractor:
             raise ValueError(f"unknown concept method {method!r}: use one of {', '.join(self.methods)}")
         if not 1 <= k_attr <= sae.n_latents:
             raise ValueError(f"k_attr={k_attr} must be between 1 and the SAE's {sae.n_latents} latents")
+        if method != "attribution_pre" and k_attr > sae.k:
+            raise ValueError(f"k_attr={k_attr} exceeds the SAE's k={sae.k} active latents, the only ones that can "
+                             f"score above 0 with concept_method={method}: use k_attr<={sae.k}")
         check_teacher(teacher, layer, sae)
         self.teacher, self.sae, self.layer, self.k_attr, self.method = teacher, sae, layer, k_attr, method
         self.n_concepts, self.tokenizer = sae.n_latents, tokenizer
@@ -218,23 +222,34 @@ class ConceptExtractor:
     def __call__(self, idx):
         h_and_grad = teacher_pass(self.teacher, idx, self.layer, grad=self.method != "activation")
         h, grad = (t.flatten(0, 1).split(self.chunk_tokens) for t in h_and_grad)
-        labels = [self.scores(h_i, g_i).topk(self.k_attr, dim=-1).indices for h_i, g_i in zip(h, grad)]
-        return torch.cat(labels).view(*idx.shape, self.k_attr)
+        return torch.cat([self.labels(h_i, g_i) for h_i, g_i in zip(h, grad)]).view(*idx.shape, self.k_attr)
 
     def check_data(self, meta, name):
         """Raise ValueError unless dataset `name` (its meta.json) is tokenized as the teacher's."""
         check_vocab(self.teacher, self.tokenizer, meta, name)
 
+    def labels(self, h, grad):
+        """(N, k_attr) labels of N tokens: the latents of the k_attr highest scores, best first, and -1 (no label)
+        where fewer than k_attr latents score above 0. That happens at the window's last token, whose next-token
+        loss lies outside the window (the gradient there is 0), and where a token has fewer active latents."""
+        scores, latents = self.scores(h, grad)
+        top = scores.topk(self.k_attr, dim=-1)
+        return latents.gather(-1, top.indices).masked_fill(top.values <= 0, -1)
+
     @torch.no_grad()
     def scores(self, h, grad):
-        """Per-latent scores (..., C) whose top k_attr are the labels, in float32 whatever the autocast."""
+        """(scores (N, m), latents (N, m)): the score of m candidate latents per token, in float32 whatever the
+        autocast. Only the k active latents have c != 0, so "attribution" and "activation" score just those
+        (m = k: k*d work per token instead of C*d); "attribution_pre" scores all m = C latents."""
         with torch.autocast(h.device.type, enabled=False):
             z = self.sae.encode(h.float())
-            c = densify(z.vals, z.idx, self.sae.n_latents)
             if self.method == "activation":
-                return c
-            dl_dc = grad.float() @ self.sae.decoder.weight  # one value per latent
-            return dl_dc * (c if self.method == "attribution" else z.pre)
+                return z.vals, z.idx
+            if self.method == "attribution":
+                w_dec = F.embedding(z.idx, self.sae.decoder.weight.t())      # (N, k, d): the active latents' rows
+                return torch.einsum("nkd,nd->nk", w_dec, grad.float()) * z.vals, z.idx
+            dl_dc = grad.float() @ self.sae.decoder.weight                    # (N, C): one value per latent
+            return dl_dc * z.pre, torch.arange(self.n_concepts, device=h.device).expand_as(z.pre)
 
 
 def load_sae(path, device="cpu"):

@@ -289,9 +289,9 @@ def objective(losses):
 
 
 def concept_accuracy(concept_logits, labels):
-    """Fraction of the K_attr target concepts found among the model's K_attr highest concept logits."""
+    """Fraction of the given concept labels (not -1) found among the model's K_attr highest concept logits."""
     top = concept_logits.topk(labels.size(-1), dim=-1).indices
-    return (labels.unsqueeze(-1) == top.unsqueeze(-2)).any(-1).float().mean().item()
+    return (labels.unsqueeze(-1) == top.unsqueeze(-2)).any(-1)[labels >= 0].float().mean().item()
 
 
 def concept_labels(X):

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from conftest import run_script
 from model import GPT, GPTConfig
-from model import layer_norm
+from model import concept_loss, layer_norm
 from prepare import fingerprint, load_meta
 from sae import (SAE, ActivationStream, ConceptExtractor, auxk_loss, densify, fvu, load_concept_extractor, load_sae,
                  sae_from_openai, save_checkpoint, topk_relu, train)
@@ -115,7 +115,9 @@ def test_concept_scores_are_gradient_times_latent_through_the_spliced_reconstruc
     idx = torch.randint(0, 24, (3, 12))
     dl_dc, c, pre, std = spliced_latent_gradient(teacher, sae, idx, layer)
     extractor = ConceptExtractor(teacher, sae, layer, k_attr=3, method=method)
-    scores = extractor.scores(*teacher_pass(teacher, idx, layer, grad=method != "activation"))
+    h, grad = (t.flatten(0, 1) for t in teacher_pass(teacher, idx, layer, grad=method != "activation"))
+    scores, latents = extractor.scores(h, grad)
+    scores = torch.zeros(36, sae.n_latents).scatter_(-1, latents, scores).view(3, 12, -1)  # the candidates, dense
     expected = {"attribution": dl_dc * c, "attribution_pre": dl_dc * pre, "activation": c}[method]
     if method != "activation":  # the official code leaves out the positive per-token std
         scores = scores * std
@@ -123,7 +125,35 @@ def test_concept_scores_are_gradient_times_latent_through_the_spliced_reconstruc
     torch.testing.assert_close(scores, expected, atol=1e-6, rtol=1e-4)
     labels = extractor(idx)
     assert labels.shape == (3, 12, 3) and labels.dtype == torch.long
-    torch.testing.assert_close(expected.gather(-1, labels), expected.topk(3, dim=-1).values, atol=1e-6, rtol=1e-4)
+    top = expected.topk(3, dim=-1).values
+    torch.testing.assert_close(expected.gather(-1, labels.clamp(min=0)) * (labels >= 0), top * (top > 0))
+    assert ((labels >= 0) == (top > 0)).all()  # a label exactly where a latent scores above 0
+
+
+def test_slots_without_a_positive_score_get_no_label_and_no_loss_or_accuracy():
+    """The official code labels the window's last token (no loss there, all scores 0) with whatever latents topk
+    returns first; we give those slots -1, and the concept loss skips them."""
+    teacher, sae = tiny_teacher(), tiny_sae()
+    idx = torch.randint(0, 24, (4, 16))
+    labels = ConceptExtractor(teacher, sae, 1, k_attr=4)(idx)
+    assert (labels[:, -1] == -1).all() and (labels[:, :-1] >= 0).float().mean() > 0.5  # random teacher
+    logits = torch.randn(4, 16, sae.n_latents)
+    given = labels >= 0
+    by_hand = -torch.log_softmax(logits, -1).gather(-1, labels.clamp(min=0))[given].mean()
+    torch.testing.assert_close(concept_loss(logits, labels), by_hand)
+    torch.testing.assert_close(concept_loss(logits, torch.full_like(labels, -1)), torch.tensor(0.0))
+    assert ConceptExtractor(teacher, sae, 1, k_attr=4, method="activation")(idx).min() >= 0  # every token has k > 0
+
+
+def test_lean_attribution_equals_the_dense_product_over_all_latents():
+    teacher, sae = tiny_teacher(), tiny_sae()
+    idx = torch.randint(0, 24, (4, 16))
+    extractor = ConceptExtractor(teacher, sae, 1, k_attr=4)
+    h, grad = (t.flatten(0, 1) for t in teacher_pass(teacher, idx, 1))
+    z = sae.encode(h)
+    dense = (grad @ sae.decoder.weight) * densify(z.vals, z.idx, sae.n_latents)
+    top = dense.topk(4, dim=-1)
+    assert torch.equal(extractor.labels(h, grad), top.indices.masked_fill(top.values <= 0, -1))
 
 
 def test_labels_need_no_teacher_weight_gradients_and_hold_under_bf16_autocast():
@@ -298,6 +328,9 @@ def test_an_sae_of_another_width_or_layer_is_refused_by_the_extractor(tmp_path):
         ConceptExtractor(teacher, tiny_sae(), -1)
     with pytest.raises(ValueError, match="unknown concept method"):
         ConceptExtractor(teacher, tiny_sae(), 1, method="gradient")
+    with pytest.raises(ValueError, match="k_attr=9 exceeds the SAE's k=8 active latents"):
+        ConceptExtractor(teacher, tiny_sae(), 1, k_attr=9)  # only active latents can score above 0
+    ConceptExtractor(teacher, tiny_sae(), 1, k_attr=9, method="attribution_pre")  # every latent can
     with pytest.raises(ValueError, match="not found"):
         load_sae(str(tmp_path / "missing.pt"))
 

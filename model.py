@@ -4,7 +4,9 @@ predict concepts from its hidden state, compress them into one continuous vector
 into the sequence (Tack et al., 2025, Section 2). With n_concepts=0 it is exactly GPT-2.
 
 Read top to bottom: the GPT-2 parts first, then ConceptHead (Eq. 2-3), then GPT.forward where the
-concepts are interleaved with the token hidden states (h1, c1, h2, c2, ...).
+concepts are interleaved with the token hidden states (h1, c1, h2, c2, ...). The paper's controls fill the same
+slot with something else: one learned pause embedding (pause tokens, Goyal et al., 2024) or a regression of the
+teacher's hidden state (RegressionHead, Fig. 6b); knowledge distillation is a loss, kd_loss, at the end.
 """
 import inspect
 import math
@@ -74,11 +76,19 @@ class GPTConfig:
     n_embd: int = 768
     dropout: float = 0.0
     bias: bool = True
-    # CoCoMix. n_concepts = 0 turns the concept head off and leaves a plain GPT-2.
-    n_concepts: int = 0          # C, the size of the teacher SAE's dictionary
+    # What is mixed into the sequence at insert_layer: at most one of the three. None: a plain GPT-2.
+    n_concepts: int = 0          # CoCoMix: C, the size of the teacher SAE's dictionary
     k_concepts: int = 32         # K_concept: predicted concepts kept by TopK before compression (Eq. 3)
-    insert_layer: int = 3        # concepts are predicted from, and mixed into, the input of this block
+    n_regress: int = 0           # Fig. 6b: the width of the teacher's hidden state, regressed instead of concepts
+    regress_loss: str = "l2"     # its loss: "l2" (mean squared error) or "cosine" (1 - cosine similarity)
+    pause: bool = False          # pause tokens: one learned embedding, the same in every slot
+    insert_layer: int = 3        # the slot is computed from, and mixed into, the input of this block
     mixing: str = "interleave"   # "interleave" (h1,c1,h2,c2,...), "add" (h_t + c_t), or "none" (prediction only)
+
+    @property
+    def slot(self):
+        """What fills the mixed-in slot: "concept", "regress", "pause", or None (plain GPT-2)."""
+        return "concept" if self.n_concepts else "regress" if self.n_regress else "pause" if self.pause else None
 
 
 def layer_norm(h, eps=1e-5):
@@ -132,12 +142,32 @@ class ConceptHead(nn.Module):
         return c.view(*top_vals.shape[:-1], -1)
 
 
+class RegressionHead(nn.Module):
+    """Fig. 6b's control: a 2-layer MLP g regresses the teacher's layer-normed hidden state (n_regress wide) from
+    h_t, and g(h_t) is compressed and mixed in as the continuous concept is (Eq. 3 with g(h_t) for TopK(z_t))."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.pre_bias = nn.Parameter(torch.zeros(config.n_embd))
+        self.g = nn.Sequential(nn.Linear(config.n_embd, config.n_regress), nn.GELU(approximate="tanh"),
+                               nn.Linear(config.n_regress, config.n_regress))
+        self.compressor = nn.Linear(config.n_regress, config.n_embd)
+
+    def forward(self, h):
+        x, mu, std = layer_norm(h)
+        prediction = self.g(x - self.pre_bias)
+        return prediction, (self.compressor(prediction) + self.pre_bias) * std + mu
+
+
 class GPT(nn.Module):
 
     def __init__(self, config):
         super().__init__()
         assert config.mixing in ("interleave", "add", "none"), f"unknown mixing {config.mixing!r}"
-        assert config.n_concepts == 0 or 0 < config.insert_layer < config.n_layer, "insert_layer must be inside"
+        assert sum(map(bool, (config.n_concepts, config.n_regress, config.pause))) <= 1, "one kind of slot at most"
+        assert config.slot is None or 0 < config.insert_layer < config.n_layer, "insert_layer must be inside"
+        assert not config.pause or config.mixing == "interleave", "pause tokens are interleaved"
+        assert config.regress_loss in ("l2", "cosine"), f"unknown regress_loss {config.regress_loss!r}"
         self.config = config
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(config.vocab_size, config.n_embd),
@@ -150,7 +180,13 @@ class GPT(nn.Module):
         self.transformer.wte.weight = self.lm_head.weight  # weight tying
         if config.n_concepts:
             self.concept_head = ConceptHead(config)
+        elif config.n_regress:
+            self.regression_head = RegressionHead(config)
+        elif config.pause:
+            self.pause_embedding = nn.Parameter(torch.empty(config.n_embd))
         self.apply(self._init_weights)
+        if config.pause:
+            torch.nn.init.normal_(self.pause_embedding, mean=0.0, std=0.02)  # as a token embedding
         for name, p in self.named_parameters():  # GPT-2: scale residual projections by 1/sqrt(2 * n_layer)
             if name.endswith("c_proj.weight"):
                 torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
@@ -175,15 +211,17 @@ class GPT(nn.Module):
     def forward(self, idx, targets=None, concept_labels=None, steer=None, force=False):
         """Returns (logits, concept_logits, losses).
 
-        concept_logits is None without a concept head; losses is None without targets, else a dict with
-        "ntp" (next-token CE) and, given concept_labels (B, T, K_attr), "concept" (Eq. 2).
+        concept_logits is the slot head's prediction: concept logits (B, T, C), the regressed teacher state
+        (B, T, n_regress), or None (no head). losses is None without targets, else a dict with "ntp" (next-token
+        CE) and, given concept_labels, "concept": the concept CE (Eq. 2) for labels (B, T, K_attr), or the
+        regression loss for the teacher's layer-normed hidden state (B, T, n_regress).
         steer and force steer the predicted concepts (see steered_topk).
         """
         cfg = self.config
         concept_logits = None
-        if not cfg.n_concepts:  # plain GPT-2: every block, then the head
+        if cfg.slot is None:  # plain GPT-2: every block, then the head
             logits = self.logits_from(self.hidden(idx, cfg.n_layer - 1), cfg.n_layer - 1)
-        else:  # concepts from the input of block insert_layer, mixed in before it and the blocks after (Sec. 2.3)
+        else:  # the slot from the input of block insert_layer, mixed in before it and the blocks after (Sec. 2.3)
             concept_logits, h = self.mix_concepts(self.hidden(idx, cfg.insert_layer - 1), steer, force)
             for block in self.transformer.h[cfg.insert_layer:]:
                 h = block(h)
@@ -193,7 +231,9 @@ class GPT(nn.Module):
         if targets is None:
             return logits, concept_logits, None
         losses = {"ntp": F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-1)}
-        if concept_labels is not None:
+        if concept_labels is not None and cfg.n_regress:
+            losses["concept"] = regression_loss(concept_logits, concept_labels, cfg.regress_loss)
+        elif concept_labels is not None:
             losses["concept"] = concept_loss(concept_logits, concept_labels)
         return logits, concept_logits, losses
 
@@ -214,8 +254,14 @@ class GPT(nn.Module):
         return self.lm_head(self.transformer.ln_f(h))
 
     def mix_concepts(self, h, steer=None, force=False):
-        """Predict concepts from h, compress them to c, and mix c into the sequence (Section 2.3)."""
-        concept_logits, c = self.concept_head(h, steer, force)
+        """Predict concepts from h, compress them to c, and mix c into the sequence (Section 2.3); or, for the
+        controls, mix in the compressed regression of the teacher's state, or the pause embedding."""
+        if self.config.n_concepts:
+            concept_logits, c = self.concept_head(h, steer, force)
+        elif self.config.n_regress:
+            concept_logits, c = self.regression_head(h)
+        else:
+            concept_logits, c = None, self.pause_embedding.expand_as(h)
         if self.config.mixing == "interleave":
             h = torch.stack((h, c), dim=2).flatten(1, 2)  # (B, 2T, d): h1, c1, h2, c2, ...
         elif self.config.mixing == "add":
@@ -228,11 +274,18 @@ class GPT(nn.Module):
         c = self.config
         d, flops = c.n_embd, 6 * c.n_embd * c.vocab_size                   # lm_head
         for i in range(c.n_layer):
-            m = 2 if c.n_concepts and c.mixing == "interleave" and i >= c.insert_layer else 1
-            flops += m * (6 * 12 * d * d + 12 * d * m * T)                 # 12d^2 weights, attention over mT
+            flops += self.block_flops(T, 2 if c.slot and c.mixing == "interleave" and i >= c.insert_layer else 1)
         if c.n_concepts:
             flops += 6 * d * (c.n_concepts + c.k_concepts)                 # predictor + K kept compressor columns
+        if c.n_regress:
+            flops += 6 * c.n_regress * (2 * d + c.n_regress)               # the MLP g and the compressor
         return flops
+
+    def block_flops(self, T, slots=1):
+        """Training FLOPs per token of one block, when each token takes `slots` positions of the sequence: its
+        12 d^2 weights and causal attention over slots * T positions."""
+        d = self.config.n_embd
+        return slots * (6 * 12 * d * d + 12 * d * slots * T)
 
     def estimate_mfu(self, tokens_per_sec, T, device_name):
         """Model FLOPs utilisation: achieved FLOP/s over the GPU's peak dense bf16 FLOP/s (None if unknown)."""
@@ -308,6 +361,23 @@ def generate(logits_fn, idx, max_new_tokens, block_size, temperature=1.0, top_k=
             next_id = torch.multinomial(F.softmax(logits, dim=-1), num_samples=1)
         idx = torch.cat((idx, next_id), dim=1)
     return idx
+
+
+def regression_loss(prediction, target, kind="l2"):
+    """Fig. 6b: the regression of the teacher's layer-normed hidden state target (..., n): the mean squared error
+    per dimension ("l2"), or 1 - cosine similarity ("cosine"), averaged over tokens."""
+    if kind == "cosine":
+        return 1 - F.cosine_similarity(prediction.float(), target.float(), dim=-1).mean()
+    return F.mse_loss(prediction.float(), target.float())
+
+
+def kd_loss(logits, teacher_logits, vocab_size):
+    """Knowledge distillation (Section 3.1's baseline): KL(teacher || student) between next-token distributions,
+    summed over the tokenizer's vocab_size ids (not the padding) and averaged over tokens. logits (B, T, V),
+    teacher_logits (B, T, V') with V, V' >= vocab_size."""
+    logp = F.log_softmax(logits[..., :vocab_size].float(), dim=-1)
+    logq = F.log_softmax(teacher_logits[..., :vocab_size].float(), dim=-1)
+    return F.kl_div(logp.flatten(0, -2), logq.flatten(0, -2), log_target=True, reduction="batchmean")
 
 
 def concept_loss(concept_logits, labels):

@@ -30,8 +30,8 @@ from checkpoint import check_new_run, claim_out_dir, finite, load_record, remove
 from configurator import check, configure, resolve_device, resume_settings
 from model import layer_norm
 from prepare import check_splits, fingerprint, load_meta, prepare_command
-from teacher import (changed_inputs, check_teacher, check_vocab, load_teacher, next_token_loss, teacher_identity,
-                     teacher_pass, tokenizer_of)
+from teacher import (changed_inputs, check_teacher, check_vocab, load_teacher, next_token_loss,
+                     teacher_flops_per_token, teacher_identity, teacher_pass, tokenizer_of)
 
 # -----------------------------------------------------------------------------
 # Defaults: a 1024-latent SAE on the middle of the embedded default teacher, sized for 2 CPU cores.
@@ -223,6 +223,14 @@ class ConceptExtractor:
         h_and_grad = teacher_pass(self.teacher, idx, self.layer, grad=self.method != "activation")
         h, grad = (t.flatten(0, 1).split(self.chunk_tokens) for t in h_and_grad)
         return torch.cat([self.labels(h_i, g_i) for h_i, g_i in zip(h, grad)]).view(*idx.shape, self.k_attr)
+
+    def flops_per_token(self, T):
+        """FLOPs per token of labelling windows of T tokens: the teacher (teacher_flops_per_token: up to the SAE's
+        layer, and back from its loss for attribution), the SAE's encoder and the scores."""
+        d, C = self.sae.n_inputs, self.n_concepts
+        teacher = teacher_flops_per_token(self.teacher, T, self.layer, grad=self.method != "activation")
+        scores = {"attribution": 2 * self.sae.k * d, "attribution_pre": 2 * d * C, "activation": 0}[self.method]
+        return teacher + 2 * d * C + scores
 
     def check_data(self, meta, name):
         """Raise ValueError unless dataset `name` (its meta.json) is tokenized as the teacher's."""

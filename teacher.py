@@ -37,8 +37,9 @@ def load_teacher(spec, device):
             raise ValueError(f"teacher checkpoint {spec} not found: train one with "
                              "`python train.py config/concepts_teacher.py`, or use --teacher_path=gpt2")
         model, record = GPT.from_checkpoint(spec)
-        if model.config.n_concepts:
-            raise ValueError(f"teacher {spec} is a CoCoMix model: use a next-token-prediction checkpoint")
+        if model.config.slot:
+            raise ValueError(f"teacher {spec} mixes a {model.config.slot} slot into its sequence: use a plain "
+                             "next-token-prediction checkpoint")
     return model.to(device).eval().requires_grad_(False), record
 
 
@@ -116,3 +117,15 @@ def teacher_pass(teacher, idx, layer, grad=True):
     with torch.enable_grad():
         dl_dh, = torch.autograd.grad(next_token_loss(teacher.logits_from(h, layer), idx), h)
     return h.detach(), dl_dh
+
+
+def teacher_flops_per_token(teacher, T, layer=None, grad=False):
+    """FLOPs per token of the frozen teacher on windows of T tokens: its whole forward (a third of its training
+    FLOPs, GPT.flops_per_token) for layer=None; its forward up to the output of block `layer`; or, with grad, its
+    whole forward and the backward of its loss down to that block, activation gradients only (one more forward's
+    worth for the blocks above `layer` and the head)."""
+    forward = teacher.flops_per_token(T) / 3
+    if layer is None:
+        return forward
+    below = (layer + 1) * teacher.block_flops(T) / 3
+    return 2 * forward - below if grad else below

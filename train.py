@@ -1,5 +1,7 @@
 r"""
-Pretrain a GPT by next-token prediction (mode="ntp") or with CoCoMix (mode="cocomix"), on one process or DDP.
+Pretrain a GPT by next-token prediction (mode="ntp") or with CoCoMix (mode="cocomix"), on one process or DDP;
+or one of the paper's controls: pause tokens (mode="pause"), regressing the teacher's hidden state instead of
+predicting concepts (mode="regress"), and knowledge distillation on top of any of them (lam_kd=0.1).
 
 One process (the embedded default, CPU, a couple of minutes):
     python train.py
@@ -30,9 +32,10 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from checkpoint import check_new_run, claim_out_dir, finite, remove_stale, replacing, save
 from configurator import autocast_for, check, configure, resolve_device, resume_settings
-from model import GPT, GPTConfig
+from model import GPT, GPTConfig, kd_loss, layer_norm
 from prepare import check_splits, check_trained_on, fingerprint, load_meta
 from sae import load_concept_extractor
+from teacher import check_vocab, load_teacher, teacher_flops_per_token, tokenizer_of
 
 # -----------------------------------------------------------------------------
 # Defaults: a ~1M-parameter model on the embedded synthetic concept world, sized for 2 CPU cores.
@@ -57,14 +60,19 @@ n_embd = 128
 dropout = 0.0
 bias = True
 # CoCoMix (Section 2): labels from a frozen teacher + SAE (sae.py); the model predicts, compresses and mixes them
-mode = "ntp"                # "ntp": next-token prediction only; "cocomix": + concept prediction and mixing
-sae_path = "out/sae/sae.pt"  # the concept extractor: an SAE checkpoint from sae.py, which names its teacher
+mode = "ntp"                # "ntp": next-token prediction only; "cocomix": + concept prediction and mixing; the
+                            # controls in the same slot: "pause" (one learned pause token), "regress" (Fig. 6b)
+sae_path = "out/sae/sae.pt"  # cocomix, regress: an SAE checkpoint from sae.py, which names its teacher and layer
 concept_method = "attribution"  # label selection: "attribution" (official code), "attribution_pre" (Eq. 1), "activation"
 k_attr = 4                  # K_attr: concept labels per token
 k_concepts = 32             # K_concept: predicted concepts kept and compressed
 insert_layer = 1            # predict and mix concepts at the input of this block
 mixing = "interleave"       # "interleave", "add" or "none" (concept prediction only)
-lam_concept = 0.1           # lambda in Eq. 4; 0 with mixing on is the "mixing only" ablation
+lam_concept = 0.1           # lambda in Eq. 4 (for regress, on its loss); 0 with mixing is the "mixing only" ablation
+regress_loss = "l2"         # regress: "l2" or "cosine", on the teacher's layer-normed hidden state at the SAE's layer
+# knowledge distillation (the paper's KD baseline): + lam_kd * KL(teacher || student) per token, with any mode
+lam_kd = 0.0                # 0.1 in the paper's KD and KD + pause
+teacher_path = "out/teacher"  # the KD teacher: a train.py out_dir or a GPT-2 name
 # AdamW with warmup then cosine decay to min_lr_ratio * learning_rate (Brown et al., 2020, as the paper)
 learning_rate = 2e-3
 max_iters = 1000
@@ -99,17 +107,20 @@ def check_settings():
                                 batch_size=1, block_size=1, n_layer=1, n_head=1, n_embd=1, k_attr=1, k_concepts=1,
                                 max_iters=0, lr_decay_iters=1, warmup_iters=0),
           between=dict(learning_rate="(0, inf)", dropout="[0, 1)", beta1="[0, 1)", beta2="[0, 1)",
-                       min_lr_ratio="[0, 1]", weight_decay="[0, inf)", grad_clip="[0, inf)", lam_concept="[0, inf)"),
-          one_of=dict(mode=("ntp", "cocomix"), mixing=("interleave", "add", "none"),
-                      concept_method=("attribution", "attribution_pre", "activation")))
+                       min_lr_ratio="[0, 1]", weight_decay="[0, inf)", grad_clip="[0, inf)", lam_concept="[0, inf)",
+                       lam_kd="[0, inf)"),
+          one_of=dict(mode=("ntp", "cocomix", "pause", "regress"), mixing=("interleave", "add", "none"),
+                      concept_method=("attribution", "attribution_pre", "activation"), regress_loss=("l2", "cosine")))
     if init_from not in ("scratch", "resume") and not init_from.startswith("gpt2"):
         fail(f"unknown init_from={init_from!r}: use 'scratch', 'resume' or a GPT-2 name like 'gpt2'")
     if init_from == "resume" and overwrite:
         fail("--overwrite starts a new run and --init_from=resume continues one: give only one of them")
     if n_embd % n_head:
         fail(f"n_embd={n_embd} is not a multiple of n_head={n_head}: each head takes n_embd/n_head dimensions")
-    if mode == "cocomix" and not 0 < insert_layer < n_layer:
+    if mode != "ntp" and not 0 < insert_layer < n_layer:
         fail(f"insert_layer={insert_layer} must leave blocks on both sides: use 1..{n_layer - 1}")
+    if mode == "pause" and mixing != "interleave":
+        fail(f"mode=pause interleaves its pause tokens; mixing={mixing!r} has no meaning for it: drop --mixing")
     if gradient_accumulation_steps % int(os.environ.get("WORLD_SIZE", 1)):
         fail(f"gradient_accumulation_steps={gradient_accumulation_steps} must be a multiple of the "
              f"{os.environ['WORLD_SIZE']} processes")
@@ -194,21 +205,36 @@ iter_num, best_val_loss = 0, float("inf")
 vocab_size = -(-meta["vocab_size"] // 64) * 64  # pad to a multiple of 64 for faster matmuls
 model_args = dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size, bias=bias,
                   vocab_size=vocab_size, dropout=dropout)
-extractor = None
-if mode == "cocomix":
+extractor = teacher = None  # the SAE's labels (or, for regress, its teacher and layer); the KD teacher
+
+
+def check_teacher_window(teacher, what):
+    if block_size > teacher.config.block_size:
+        fail(f"block_size={block_size} exceeds the teacher's {teacher.config.block_size}: the teacher {what} the "
+             f"student's exact windows, so use --block_size<={teacher.config.block_size}")
+
+
+if mode in ("cocomix", "regress"):
     try:
         extractor = load_concept_extractor(sae_path, device, k_attr=k_attr, method=concept_method)
         extractor.check_data(meta, dataset)  # the teacher must read the same tokens as the student
     except ValueError as e:
         fail(e)
-    if block_size > extractor.teacher.config.block_size:
-        fail(f"block_size={block_size} exceeds the teacher's {extractor.teacher.config.block_size}: the teacher "
-             f"labels the student's exact windows, so use --block_size<={extractor.teacher.config.block_size}")
-    if k_concepts > extractor.n_concepts:  # k_attr: the extractor checks it
+    check_teacher_window(extractor.teacher, "labels" if mode == "cocomix" else "reads")
+    if mode == "cocomix" and k_concepts > extractor.n_concepts:  # k_attr: the extractor checks it
         fail(f"k_concepts={k_concepts} exceeds the SAE's {extractor.n_concepts} concepts: "
              f"use 1..{extractor.n_concepts}")
-    model_args.update(n_concepts=extractor.n_concepts, k_concepts=k_concepts, insert_layer=insert_layer,
-                      mixing=mixing)
+    model_args.update(dict(n_concepts=extractor.n_concepts, k_concepts=k_concepts) if mode == "cocomix" else
+                      dict(n_regress=extractor.teacher.config.n_embd, regress_loss=regress_loss))
+if mode != "ntp":
+    model_args.update(insert_layer=insert_layer, mixing=mixing, pause=mode == "pause")
+if lam_kd:
+    try:
+        teacher, teacher_record = load_teacher(teacher_path, device)
+        check_vocab(teacher, tokenizer_of(teacher_record["meta"]), meta, dataset)
+    except ValueError as e:
+        fail(e)
+    check_teacher_window(teacher, "distils on")
 if init_from == "scratch":
     model = GPT(GPTConfig(**model_args))
 elif init_from == "resume":
@@ -261,9 +287,18 @@ if compile and device_type == "cuda":
     model = torch.compile(model)
 if world_size > 1:
     model = DDP(model, device_ids=[local_rank] if device_type == "cuda" else None)
+# training FLOPs per token (the compute axis): the student's, and the frozen teacher's and the SAE's it pays for
+flops_per_token = raw_model.flops_per_token(block_size)
+if mode == "cocomix":
+    flops_per_token += extractor.flops_per_token(block_size)
+elif mode == "regress":
+    flops_per_token += teacher_flops_per_token(extractor.teacher, block_size, extractor.layer)
+if teacher is not None:
+    flops_per_token += teacher_flops_per_token(teacher, block_size)
 if master:
     print(f"model: {raw_model.get_num_params() / 1e6:.2f}M parameters "
-          f"({raw_model.get_num_params(activated=True) / 1e6:.2f}M activated), starting at iteration {iter_num}")
+          f"({raw_model.get_num_params(activated=True) / 1e6:.2f}M activated), "
+          f"{flops_per_token / 1e6:.2f} MFLOPs per training token, starting at iteration {iter_num}")
 
 
 def get_lr(it):
@@ -284,8 +319,19 @@ def all_reduce_sum(x):
 
 
 def objective(losses):
-    """Eq. 4: next-token cross-entropy plus lam_concept times the concept cross-entropy (Eq. 2)."""
-    return losses["ntp"] + lam_concept * losses["concept"] if "concept" in losses else losses["ntp"]
+    """Eq. 4: next-token cross-entropy plus lam_concept times the concept cross-entropy (Eq. 2) or the regression
+    loss, plus lam_kd times the distillation KL."""
+    return losses["ntp"] + lam_concept * losses.get("concept", 0.0) + lam_kd * losses.get("kd", 0.0)
+
+
+def losses_of(X, Y, targets):
+    """The model's losses on a batch (model.forward's, and "kd" with a KD teacher)."""
+    logits, concept_logits, losses = model(X, Y, targets)
+    if teacher is not None:
+        with torch.no_grad():
+            teacher_logits = teacher(X)[0]
+        losses["kd"] = kd_loss(logits, teacher_logits, meta["vocab_size"])
+    return concept_logits, losses
 
 
 def concept_accuracy(concept_logits, labels):
@@ -295,9 +341,13 @@ def concept_accuracy(concept_logits, labels):
 
 
 def concept_labels(X):
-    """Labels from the frozen teacher + SAE; each DDP rank labels its own batch. None in NTP mode."""
+    """What the slot head learns, from the frozen teacher (each DDP rank for its own batch): concept labels from
+    the teacher + SAE (cocomix), the teacher's layer-normed hidden state at the SAE's layer (regress), else None."""
     if extractor is None:
         return None
+    if mode == "regress":
+        with torch.no_grad():
+            return layer_norm(extractor.teacher.hidden(X, extractor.layer))[0]
     with torch.enable_grad():  # the attribution needs the teacher's gradient, also during evaluation
         return extractor(X)
 
@@ -311,17 +361,20 @@ def estimate_loss():
     model.eval()
     out = {}
     for split in ("train", "val"):
-        sums = dict.fromkeys(["loss", "concept_loss", "concept_acc"] if extractor else ["loss"], 0.0)
+        sums = dict.fromkeys(["loss"] + ["concept_loss"] * bool(extractor) + ["concept_acc"] * (mode == "cocomix")
+                             + ["kd_loss"] * (teacher is not None), 0.0)
         for k in range(rank, eval_iters, world_size):
             X, Y = get_batch(split, -1 - k, 0)  # negative iterations: fixed evaluation batches
             if extractor and (split, k) not in eval_labels:
                 eval_labels[split, k] = concept_labels(X)
             labels = eval_labels.get((split, k))
             with autocast:
-                _, concept_logits, losses = model(X, Y, labels)
+                concept_logits, losses = losses_of(X, Y, labels)
             sums["loss"] += losses["ntp"].item()
-            if labels is not None:
-                sums["concept_loss"] += losses["concept"].item()
+            for key in ("concept", "kd"):
+                if key in losses:
+                    sums[f"{key}_loss"] += losses[key].item()
+            if "concept_acc" in sums:
                 sums["concept_acc"] += concept_accuracy(concept_logits, labels)
         out.update({f"{split}_{key}": all_reduce_sum(v) / eval_iters for key, v in sums.items()})
     model.train()
@@ -383,10 +436,11 @@ while True:
         tokens_per_sec = iters_in_interval * tokens_per_iter / train_time if iters_in_interval else None
         mfu = raw_model.estimate_mfu(tokens_per_sec, block_size, device_name) if tokens_per_sec else None
         if master:
-            extra = f", val concept loss {evals['val_concept_loss']:.4f}, acc {evals['val_concept_acc']:.3f}" \
-                if extractor else ""
+            extra = "".join(f", val {key.replace('_', ' ')} {evals['val_' + key]:.4f}"
+                            for key in ("concept_loss", "concept_acc", "kd_loss") if "val_" + key in evals)
             print(f"step {iter_num}: train loss {evals['train_loss']:.4f}, val loss {evals['val_loss']:.4f}{extra}")
-            log_metrics({"iter": iter_num, "tokens": iter_num * tokens_per_iter, **evals, "lr": lr,
+            log_metrics({"iter": iter_num, "tokens": iter_num * tokens_per_iter,
+                         "flops": iter_num * tokens_per_iter * flops_per_token, **evals, "lr": lr,
                          "tokens_per_sec": tokens_per_sec, "mfu": mfu})
         if iter_num > 0 and (evals["val_loss"] < best_val_loss or always_save_checkpoint):
             best_val_loss = min(best_val_loss, evals["val_loss"])
@@ -403,7 +457,7 @@ while True:
         labels = concept_labels(X)
         sync = micro == local_micro_steps - 1  # DDP all-reduces gradients on the last micro-batch only
         with (model.no_sync() if world_size > 1 and not sync else nullcontext()), autocast:
-            loss = objective(model(X, Y, labels)[2]) / local_micro_steps
+            loss = objective(losses_of(X, Y, labels)[1]) / local_micro_steps
         scaler.scale(loss).backward()
         loss_sum += loss.detach()
     if grad_clip:

@@ -1,9 +1,10 @@
 """
 Report on finished runs, in two forms.
 
-Training runs: validation loss against tokens seen, one curve per method (mean over seeds, with a band of
-+-1 std), a markdown table, and the tokens CoCoMix needs to reach NTP's final validation loss (the paper's
-sample-efficiency number). Writes compare.md and compare.png into the runs directory.
+Training runs: validation loss against tokens seen and against training FLOPs (the teacher's and the SAE's
+included), one curve per method (mean over seeds, with a band of +-1 std), a markdown table, and the tokens and
+FLOPs each method needs to reach NTP's final validation loss (the paper's sample-efficiency number, and its
+compute counterpart). Writes compare.md and compare.png into the runs directory.
 
     python compare.py out/compare                # runs named <method>_s<seed> inside, e.g. ntp_s1, cocomix_s1
 
@@ -32,6 +33,19 @@ COLUMNS = [("val", "ppl", "Val"), ("lambada_openai", "ppl", "LAMB"), ("wikitext"
            ("hellaswag", "acc_norm", "HellaS"), ("piqa", "acc", "PIQA"), ("social_iqa", "acc", "SIQA"),
            ("arc_easy", "acc", "ARC-E"), ("winogrande", "acc", "WinoG"), ("concept_probes", "acc", "Probes")]
 PPL = ("ppl", "word_perplexity")  # the lower-is-better metrics among them
+# One colour per method in every plot and notebook; other methods take the colours left, in order of appearance
+COLORS = {"ntp": "C0", "cocomix": "C1", "kd": "C2", "pause": "C3", "kd_pause": "C4", "regress": "C5",
+          "cocomix_activation": "C6", "teacher": "C7"}
+
+
+def color(method, _extra={}):
+    """The colour of a method (COLORS; others get the remaining matplotlib colours, one each)."""
+    if method in COLORS:
+        return COLORS[method]
+    if method not in _extra:
+        free = [f"C{i}" for i in range(10) if f"C{i}" not in COLORS.values()] + [f"C{i}" for i in range(10)]
+        _extra[method] = free[len(_extra) % len(free)]
+    return _extra[method]
 
 
 def run_name(run_dir):
@@ -90,12 +104,15 @@ def group_runs(root):
     return groups
 
 
-def curve(runs, key="val_loss"):
-    """(tokens, mean, std) over seeds, on the evaluation points all seeds share."""
+def curve(runs, key="val_loss", x="tokens"):
+    """(x, mean, std) over seeds, on the evaluation points all seeds share; x "tokens" or "flops" (None if a run
+    predates the FLOPs count)."""
     n = min(len(r) for r in runs)
-    tokens = np.array([row["tokens"] for row in runs[0][:n]], dtype=float)
+    if any(x not in row for row in runs[0][:n]):
+        return None, None, None
+    xs = np.array([row[x] for row in runs[0][:n]], dtype=float)
     values = np.array([[row[key] for row in r[:n]] for r in runs])
-    return tokens, values.mean(0), values.std(0)
+    return xs, values.mean(0), values.std(0)
 
 
 def tokens_to_reach(tokens, losses, target):
@@ -111,41 +128,67 @@ def tokens_to_reach(tokens, losses, target):
 
 
 def summarize(groups, baseline="ntp"):
-    """Rows of (method, seeds, final val loss mean, std, tokens to reach the baseline's final loss)."""
+    """Rows of (method, seeds, final val loss mean, std, and the tokens and training FLOPs to reach the
+    baseline's final loss; flops None for runs that predate the FLOPs count)."""
     target = curve(groups[baseline])[1][-1] if baseline in groups else None
     rows = []
     for method, runs in groups.items():
         tokens, mean, std = curve(runs)
+        flops, flops_mean, _ = curve(runs, x="flops")
         reach = tokens_to_reach(tokens, mean, target) if target is not None else None
+        reach_flops = tokens_to_reach(flops, flops_mean, target) if target is not None and flops is not None else None
         rows.append({"method": method, "seeds": len(runs), "tokens": tokens[-1], "val_loss": mean[-1],
-                     "val_loss_std": std[-1], "tokens_to_baseline": reach})
+                     "val_loss_std": std[-1], "tokens_to_baseline": reach,
+                     "flops": None if flops is None else flops[-1], "flops_to_baseline": reach_flops})
     return rows
 
 
+def reach_cell(reach, base_total, scale, unit):
+    """'0.10M (50.0% fewer)': tokens or FLOPs to reach the baseline's final loss, against what the baseline spent
+    to reach it (its total)."""
+    if reach is None:
+        return "not reached"
+    saving = 1 - reach / base_total
+    return f"{reach / scale:.2f}{unit} ({abs(saving):.1%} {'fewer' if saving >= 0 else 'more'})"
+
+
 def training_table(rows, baseline="ntp"):
-    """summarize()'s rows as a markdown table."""
-    lines = [f"| method | seeds | tokens | final val loss | tokens to reach {baseline}'s final val loss |",
-             "|---|---|---|---|---|"]
+    """summarize()'s rows as a markdown table: the mean final loss, with its std over seeds where there are two
+    or more, and the tokens and FLOPs each method needs to reach the baseline's final loss ("—" for the baseline
+    itself)."""
+    base = next((r for r in rows if r["method"] == baseline), None)
+    with_flops = all(r["flops"] is not None for r in rows)
+    heads = ["method", "seeds", "tokens", "final val loss", f"tokens to reach {baseline}'s final val loss"]
+    heads += ["training FLOPs (teacher and SAE included)", f"FLOPs to reach {baseline}'s final val loss"] * with_flops
+    lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
     for r in rows:
-        reach = "not reached" if r["tokens_to_baseline"] is None else \
-            f"{r['tokens_to_baseline'] / 1e6:.2f}M ({1 - r['tokens_to_baseline'] / r['tokens']:.1%} fewer)"
-        lines.append(f"| {r['method']} | {r['seeds']} | {r['tokens'] / 1e6:.2f}M | "
-                     f"{r['val_loss']:.4f} ± {r['val_loss_std']:.4f} | {reach} |")
+        loss = f"{r['val_loss']:.4f}" + (f" ± {r['val_loss_std']:.4f}" if r["seeds"] >= 2 else "")
+        cells = [r["method"], str(r["seeds"]), f"{r['tokens'] / 1e6:.2f}M", loss]
+        reach = [("tokens", 1e6, "M")] + [("flops", 1e12, "T")] * with_flops
+        cells += ["—" if r is base or base is None else reach_cell(r[f"{key}_to_baseline"], base[key], scale, unit)
+                  for key, scale, unit in reach]
+        if with_flops:
+            cells.insert(5, f"{r['flops'] / 1e12:.2f}T")
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def plot_curves(groups, ax, key="val_loss"):
-    """One curve per method of a metric against tokens: the mean over seeds with a band of +-1 std."""
+def plot_curves(groups, ax, key="val_loss", x="tokens"):
+    """One curve per method of a metric against tokens seen or training FLOPs (x): the mean over seeds with a band
+    of +-1 std. Runs that predate the FLOPs count are left out of a FLOPs plot."""
+    scale, label = {"tokens": (1e6, "tokens seen (millions)"),
+                    "flops": (1e12, "training FLOPs, teacher and SAE included (10^12)")}[x]
     for method, runs in groups.items():
-        if key not in runs[0][-1]:
+        xs, mean, std = curve(runs, key, x)
+        if key not in runs[0][-1] or xs is None:
             continue
-        tokens, mean, std = curve(runs, key)
-        keep = tokens > 0  # the untrained model's loss at 0 tokens squashes the interesting part
-        ax.plot(tokens[keep] / 1e6, mean[keep], label=f"{method} ({len(runs)} seed{'s' * (len(runs) > 1)})")
-        ax.fill_between(tokens[keep] / 1e6, (mean - std)[keep], (mean + std)[keep], alpha=0.25)
-    ax.set_xlabel("tokens seen (millions)")
+        keep = xs > 0  # the untrained model's loss at 0 tokens squashes the interesting part
+        ax.plot(xs[keep] / scale, mean[keep], color=color(method),
+                label=f"{method} ({len(runs)} seed{'s' * (len(runs) > 1)})")
+        ax.fill_between(xs[keep] / scale, (mean - std)[keep], (mean + std)[keep], color=color(method), alpha=0.25)
+    ax.set_xlabel(label)
     ax.set_ylabel(key.replace("_", " "))
-    ax.legend()
+    ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
 
 
@@ -158,7 +201,7 @@ def plot_tokens_needed(groups, ax, baseline="ntp"):
     for method, runs in groups.items():
         tokens, loss, _ = curve(runs)
         ratio = np.array([tokens_to_reach(tokens, loss, t) or np.nan for t in targets]) / base_reach
-        ax.plot(targets, ratio, label=method)
+        ax.plot(targets, ratio, color=color(method), label=method)
     ax.axhline(1.0, color="grey", lw=0.8, ls=":")
     ax.invert_xaxis()  # training goes left to right
     ax.set_xlabel(f"validation loss reached ({baseline}'s curve)")
@@ -182,13 +225,23 @@ def save(fig, path):
     pyplot().close(fig)
 
 
-def plot(groups, path, title=""):
-    """Validation loss against tokens (plot_curves) as a PNG."""
-    fig, ax = pyplot().subplots(figsize=(6, 4))
-    plot_curves(groups, ax)
-    ax.set_ylabel("validation loss (nats/token)")
-    ax.set_title(title)
+def plot(groups, path, title):
+    """Validation loss against tokens and, where the runs count them, against training FLOPs, as one PNG."""
+    with_flops = all(curve(runs, x="flops")[0] is not None for runs in groups.values())
+    fig, axes = pyplot().subplots(1, 1 + with_flops, figsize=(6 * (1 + with_flops), 4), squeeze=False)
+    for ax, x in zip(axes[0], ["tokens", "flops"]):
+        plot_curves(groups, ax, x=x)
+        ax.set_ylabel("validation loss (nats/token)")
+    fig.suptitle(title)
     save(fig, path)
+
+
+def describe(groups, data=None):
+    """A plot title: what is compared, on which data, with how many seeds."""
+    seeds = sorted({len(runs) for runs in groups.values()})
+    data = data or next((r.get("dataset") for runs in groups.values() for r in runs[0] if r.get("dataset")), None)
+    return (f"{' vs '.join(groups)}: validation loss" + (f" on {data}" if data else "") +
+            f", {'/'.join(map(str, seeds))} seed{'s' * (seeds != [1])} per method")
 
 # -----------------------------------------------------------------------------
 # evaluations: Table 1 from eval.py's results.json
@@ -252,7 +305,7 @@ def compare_training(root, run_dirs=None):
     table = training_table(summarize(groups, baseline), baseline)
     with open(os.path.join(root, "compare.md"), "w") as f:
         f.write(table + "\n")
-    plot(groups, os.path.join(root, "compare.png"), title=os.path.basename(os.path.normpath(root)))
+    plot(groups, os.path.join(root, "compare.png"), describe(groups))
     print(table)
     print(f"wrote {root}/compare.md and {root}/compare.png")
 
@@ -282,7 +335,7 @@ def compare_evaluations(path):
     plot_tasks(results, os.path.join(out, "tasks.png"))
     groups = by_method([r["run"] for r in results.values()])  # their training curves, where the runs have them
     if groups:
-        plot(groups, os.path.join(out, "curves.png"), title="validation loss")
+        plot(groups, os.path.join(out, "curves.png"), describe(groups, next(iter(results.values()))["dataset"]))
     print(table)
     print(f"wrote {out}/table.md, tasks.png" + (", curves.png" if groups else ""))
 

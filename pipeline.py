@@ -61,13 +61,17 @@ def death_signal():
     return set_death_signal
 
 
-def execute(stage, args):
-    """Run `python args` as one stage, streaming its output; stop the pipeline if it fails. The stage stops
-    with the pipeline: by the kernel on Linux (death_signal), and wherever the pipeline exits through Python
-    (an error, Ctrl-C, SIGTERM) by the finally clause."""
-    print(f"== {stage}: python {' '.join(args)}", flush=True)
+def execute(stage, args, log=None, threads=None):
+    """Run `python args` as one stage, streaming its output (or appending it to the file log); stop the pipeline
+    if it fails. threads: its CPU threads (torch's default: all cores). The stage stops with the pipeline: by the
+    kernel on Linux (death_signal), and wherever the pipeline exits through Python (an error, Ctrl-C, SIGTERM)
+    by the finally clause."""
+    print(f"== {stage}: python {' '.join(args)}" + (f" > {log}" if log else ""), flush=True)
     t0 = time.time()
-    proc = subprocess.Popen([sys.executable, *args], preexec_fn=death_signal())
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)} if threads else None
+    out = open(log, "a") if log else None
+    proc = subprocess.Popen([sys.executable, *args], preexec_fn=death_signal(), env=env, stdout=out,
+                            stderr=subprocess.STDOUT if log else None)
     try:
         returncode = proc.wait()
     finally:
@@ -77,8 +81,11 @@ def execute(stage, args):
                 proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 proc.kill()
+        if out:
+            out.close()
     if returncode != 0:
-        raise SystemExit(f"error: stage '{stage}' failed (see its output above); fix it and re-run the pipeline")
+        raise SystemExit(f"error: stage '{stage}' failed (see its output {f'in {log}' if log else 'above'}); fix it "
+                         "and re-run")
     print(f"== {stage}: done in {time.time() - t0:.0f}s", flush=True)
 
 
@@ -108,12 +115,13 @@ def write_stamp(path, stamp):
     write_json(stamp, path)
 
 
-def stage(name, args, home, outputs, inputs, checkpoint=None, fresh=()):
+def stage(name, args, home, outputs, inputs, checkpoint=None, fresh=(), **how):
     """Run one stage, `python args`, which writes the files `outputs` into the directory home and reads the
     files `inputs`. Skipped if its stamp there (<script>.stamp.json) says it finished with the same args and
     inputs and all its outputs exist. A training stage (checkpoint: the file in home it resumes from) resumes
     when its args and inputs are the same, and starts over, adding the flags `fresh`, when they changed; it
-    refuses a checkpoint the pipeline has no stamp for, since nothing says which settings made it."""
+    refuses a checkpoint the pipeline has no stamp for, since nothing says which settings made it. how: execute's
+    log and threads."""
     stamp_path = os.path.join(home, os.path.splitext(os.path.basename(args[0]))[0] + ".stamp.json")
     want = {"args": args, "inputs": {path: identity(path) for path in inputs}}
     stamp = read_stamp(stamp_path)
@@ -134,7 +142,7 @@ def stage(name, args, home, outputs, inputs, checkpoint=None, fresh=()):
     else:  # from the start; `fresh` lets it replace what an earlier attempt left in home
         extra = list(fresh) if stamp is not None else []
     write_stamp(stamp_path, {**want, "finished": False, "replaces": None if resume or not ckpt else identity(ckpt)})
-    execute(name, [*args, *extra])
+    execute(name, [*args, *extra], **how)
     write_stamp(stamp_path, {**want, "finished": True})
 
 
@@ -152,22 +160,34 @@ def check_settings():
         raise SystemExit(f"error: {data_dir} not found: run `{prepare_command(data_dir)}` first")
 
 
-def main():
-    check_settings()
+TRAIN = dict(checkpoint="ckpt.pt", fresh=["--overwrite"])  # train.py and sae.py replace a run only when told
+
+
+def teacher_and_sae(dataset, data_root, out_root, teacher_config, sae_config=""):
+    """The stages every student needs: the data, the teacher (out_root/teacher) and its SAE (out_root/sae).
+    Returns (meta.json, the teacher's ckpt.pt, sae.pt)."""
     data = [f"--dataset={dataset}", f"--data_root={data_root}"]
     meta = f"{data_root}/{dataset}/meta.json"
-    teacher_dir, sae_dir, compare_dir = f"{out_root}/teacher", f"{out_root}/sae", f"{out_root}/compare"
+    teacher_dir, sae_dir = f"{out_root}/teacher", f"{out_root}/sae"
     teacher, sae = f"{teacher_dir}/ckpt.pt", f"{sae_dir}/sae.pt"
     if os.path.exists(meta):  # the data is an input of the stages: their stamps record its meta
         print(f"== prepare: {meta} exists, skipping")
     else:
         execute("prepare", ["prepare.py", "--dataset=concepts", f"--data_root={data_root}"])
-    train = dict(checkpoint="ckpt.pt", fresh=["--overwrite"])  # train.py and sae.py replace a run only when told
     stage("teacher", ["train.py", teacher_config, *data, f"--out_dir={teacher_dir}"], teacher_dir, ["ckpt.pt"],
-          [teacher_config, meta], **train)
+          [teacher_config, meta], **TRAIN)
     sae_args = [*([sae_config] if sae_config else []), f"--teacher_path={teacher_dir}", f"--out_dir={sae_dir}"]
     stage("sae", ["sae.py", *sae_args], sae_dir, ["sae.pt"], [*([sae_config] if sae_config else []), teacher, meta],
           checkpoint="sae.pt", fresh=["--overwrite"])
+    return meta, teacher, sae
+
+
+def main():
+    check_settings()
+    data = [f"--dataset={dataset}", f"--data_root={data_root}"]
+    meta, teacher, sae = teacher_and_sae(dataset, data_root, out_root, teacher_config, sae_config)
+    sae_dir, compare_dir = os.path.dirname(sae), f"{out_root}/compare"
+    train = TRAIN
     students = []
     for seed in range(1, n_seeds + 1):
         student = [*data, f"--seed={seed}", f"--max_iters={max_iters}"]

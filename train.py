@@ -439,7 +439,7 @@ while True:
             extra = "".join(f", val {key.replace('_', ' ')} {evals['val_' + key]:.4f}"
                             for key in ("concept_loss", "concept_acc", "kd_loss") if "val_" + key in evals)
             print(f"step {iter_num}: train loss {evals['train_loss']:.4f}, val loss {evals['val_loss']:.4f}{extra}")
-            log_metrics({"iter": iter_num, "tokens": iter_num * tokens_per_iter,
+            log_metrics({"iter": iter_num, "dataset": dataset, "tokens": iter_num * tokens_per_iter,
                          "flops": iter_num * tokens_per_iter * flops_per_token, **evals, "lr": lr,
                          "tokens_per_sec": tokens_per_sec, "mfu": mfu})
         if iter_num > 0 and (evals["val_loss"] < best_val_loss or always_save_checkpoint):

@@ -1,4 +1,5 @@
 import json
+import os
 
 import numpy as np
 import pytest
@@ -22,7 +23,19 @@ def test_summary_reports_mean_std_and_the_tokens_cocomix_needs_to_match_ntp():
     rows = {r["method"]: r for r in summarize(groups)}
     assert rows["ntp"]["val_loss"] == pytest.approx(2.1) and rows["ntp"]["val_loss_std"] == pytest.approx(0.1)
     assert rows["cocomix"]["tokens_to_baseline"] == pytest.approx(100_000)  # reached at iteration 10
-    assert "| cocomix | 1 | 0.20M | 1.8000 ± 0.0000 | 0.10M (50.0% fewer) |" in training_table(summarize(groups))
+    table = training_table(summarize(groups))
+    assert "| cocomix | 1 | 0.20M | 1.8000 | 0.10M (50.0% fewer) |" in table  # no spread from one seed
+    assert "| ntp | 2 | 0.20M | 2.1000 ± 0.1000 | — |" in table  # the baseline is not compared with itself
+
+
+def test_flops_to_reach_the_baseline_are_against_what_the_baseline_spent():
+    row = lambda it, loss, f: {"iter": it, "tokens": 10_000 * it, "flops": f * it, "val_loss": loss}  # noqa: E731
+    groups = {"ntp": [[row(0, 5, 1e9), row(10, 3, 1e9), row(20, 2, 1e9)]],
+              "cocomix": [[row(0, 5, 3e9), row(10, 2, 3e9), row(20, 1.8, 3e9)]]}
+    rows = {r["method"]: r for r in summarize(groups)}
+    assert rows["cocomix"]["flops_to_baseline"] == pytest.approx(3e10)  # reached at iteration 10
+    table = training_table(list(rows.values()))
+    assert "| cocomix | 1 | 0.20M | 1.8000 | 0.10M (50.0% fewer) | 0.06T | 0.03T (50.0% more) |" in table
 
 
 def test_run_names_give_method_and_seed_and_any_other_name_stands_alone():
@@ -149,3 +162,29 @@ def test_new_student_settings_retrain_the_students_and_what_reads_them_but_nothi
         log = [json.loads(r) for r in open(root / "out" / "compare" / f"{method}_s1" / "metrics.jsonl")]
         assert log[-1]["iter"] == 30 and [r["iter"] for r in log] == sorted({r["iter"] for r in log})
     assert (root / "out" / "compare" / "compare.md").read_text() != compare_md
+
+
+def test_arms_pick_each_arms_rate_by_seed_1_and_compare_all_seeds_with_flops(tiny_run):
+    """arms.py on the tiny pipeline's teacher and SAE (skipped as done): the grid, the chosen rates, the seed-1
+    link into the grid, and a comparison of every arm with its FLOPs."""
+    root, _, _ = tiny_run
+    out_root, arms = root / "out", "ntp,kd,pause,kd_pause,regress,cocomix"
+    p = run_script("arms.py", f"--data_root={root / 'data'}", f"--out_root={out_root}", f"--arms={arms}",
+                   "--lrs=1e-3,3e-3", "--n_seeds=2", "--max_iters=10", "--insert_layer=1",
+                   *(f"--{name}_config={root / name}.py" for name in ("teacher", "sae", "ntp", "cocomix")))
+    assert "== teacher: finished" in p.stdout and "== sae: finished" in p.stdout
+    grid = (out_root / "arms" / "grid.md").read_text()
+    for arm in arms.split(","):
+        losses = {lr: json.loads((out_root / "arms" / "grid" / f"{arm}_lr{lr}_s1" / "metrics.jsonl")
+                                 .read_text().splitlines()[-1])["val_loss"] for lr in ("1e-3", "3e-3")}
+        best = min(losses, key=losses.get)
+        assert f"| {arm} |" in grid and grid.split(f"| {arm} |")[1].split("\n")[0].strip().endswith(f"| {best} |")
+        assert os.readlink(out_root / "arms" / f"{arm}_s1") == f"grid/{arm}_lr{best}_s1"
+        assert (out_root / "arms" / f"{arm}_s2" / "ckpt.pt").exists()
+    table = (out_root / "arms" / "compare.md").read_text()
+    assert "| ntp | 2 |" in table and "| cocomix | 2 |" in table and "FLOPs to reach ntp" in table
+    assert table.split("| ntp | 2 |")[1].split("\n")[0].count("—") == 2  # the baseline against itself
+    rerun = run_script("arms.py", f"--data_root={root / 'data'}", f"--out_root={out_root}", f"--arms={arms}",
+                       "--lrs=1e-3,3e-3", "--n_seeds=2", "--max_iters=10", "--insert_layer=1",
+                       *(f"--{name}_config={root / name}.py" for name in ("teacher", "sae", "ntp", "cocomix")))
+    assert rerun.stdout.count("finished with these settings and inputs") == 2 + 6 * 3  # nothing retrained

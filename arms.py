@@ -1,0 +1,142 @@
+"""
+The fair comparison: CoCoMix against the paper's baselines and controls (Table 1 and Fig. 6), each arm at a
+learning rate that is good for it. Every arm sees the same tokens; its learning rate is the best of a grid by
+seed-1 validation loss; then it is trained on n_seeds seeds at that rate.
+
+    python arms.py                                      # the README's comparison (about an hour on 2 CPU cores)
+    python arms.py --arms=ntp,kd --lrs=2e-3 --n_seeds=1 # a part of it
+
+The arms, at the student sizes of config/concepts_ntp.py (width 108) and config/concepts_cocomix.py (width 96,
+whose activated parameters the 108 matches):
+    ntp                 next-token prediction
+    kd                  + 0.1 x KL(teacher || student) per token (the paper's KD), from the teacher of the SAE
+    pause               a learned pause token after every token, from CoCoMix's block on, at NTP's width (as the
+                        paper: the same doubled sequence as CoCoMix, without concepts)
+    kd_pause            both
+    regress             the teacher's hidden state regressed by a 2-layer MLP and mixed in instead of concepts
+                        (Fig. 6b), at CoCoMix's width
+    cocomix             CoCoMix, attribution labels (the official code's)
+    cocomix_activation  CoCoMix, activation labels (Fig. 6a)
+
+Writes into out_root/arms: grid/<arm>_lr<lr>_s1 (the grid runs), <arm>_s<seed> (each arm at its chosen rate;
+seed 1 is a link to its grid run), grid.md (every grid loss and each arm's rate), and compare.md and compare.png
+(compare.py: losses with seed spread, tokens and FLOPs to reach NTP's final loss). It first runs the pipeline's
+teacher and SAE stages (out_root/teacher, out_root/sae). Stages are stamped and skipped when done, like the
+pipeline's. `jobs` trainings run at once, each on cores/jobs threads, with their output in <run>/train.log;
+losses are deterministic for a given jobs (the thread count changes float rounding).
+"""
+import json
+import os
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from checkpoint import replacing
+from configurator import check, configure
+from pipeline import TRAIN, stage, teacher_and_sae
+
+# -----------------------------------------------------------------------------
+dataset = "concepts"
+data_root = "data"
+out_root = "out"
+arms = "ntp,kd,pause,kd_pause,regress,cocomix,cocomix_activation"  # a comma-separated subset of ARMS
+lrs = "1e-3,2e-3,4e-3"      # the learning-rate grid, run on seed 1
+n_seeds = 3                 # seeds at each arm's chosen rate
+max_iters = 1000            # the token budget: max_iters x 32 x 64 tokens
+jobs = 2                    # trainings at once
+teacher_config = "config/concepts_teacher.py"
+sae_config = ""             # sae.py overrides, as in pipeline.py
+ntp_config = "config/concepts_ntp.py"          # the arms at NTP's width
+cocomix_config = "config/concepts_cocomix.py"  # the arms at CoCoMix's width
+insert_layer = 2            # the pause arms' block: CoCoMix's in cocomix_config
+# -----------------------------------------------------------------------------
+
+# arm: (at NTP's width?, train.py flags)
+KD = ["--lam_kd=0.1"]
+ARMS = {"ntp": (True, []), "kd": (True, KD), "pause": (True, ["--mode=pause"]),
+        "kd_pause": (True, ["--mode=pause", *KD]), "regress": (False, ["--mode=regress"]),
+        "cocomix": (False, []), "cocomix_activation": (False, ["--concept_method=activation"])}
+
+
+def final_loss(run):
+    """The last evaluation's val loss in run/metrics.jsonl."""
+    with open(os.path.join(run, "metrics.jsonl")) as f:
+        return json.loads(f.readlines()[-1])["val_loss"]
+
+
+def run_all(runs):
+    """Train each (name, args, out_dir, inputs) of runs, `jobs` at once; stop at the first failure."""
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    train = lambda r: stage(r[0], ["train.py", *r[1], f"--out_dir={r[2]}"], r[2], ["ckpt.pt", "metrics.jsonl"],  # noqa: E731
+                            r[3], **TRAIN, log=os.path.join(r[2], "train.log"), threads=threads)
+    for r in runs:
+        os.makedirs(r[2], exist_ok=True)
+    with ThreadPoolExecutor(jobs) as pool:
+        for _ in pool.map(train, runs):  # re-raises a stage's SystemExit here
+            pass
+
+
+def grid_table(grid, chosen):
+    """Markdown: seed-1 final val loss of every arm at every rate, the chosen rate in bold."""
+    rates = sorted({lr for arm in grid.values() for lr in arm}, key=float)
+    lines = ["| arm | " + " | ".join(f"lr {lr}" for lr in rates) + " | chosen |", "|---|" + "---|" * (len(rates) + 1)]
+    for arm, losses in grid.items():
+        cells = [f"**{losses[lr]:.4f}**" if lr == chosen[arm] else f"{losses[lr]:.4f}" if lr in losses else "—"
+                 for lr in rates]
+        lines.append(f"| {arm} | " + " | ".join(cells) + f" | {chosen[arm]} |")
+    return "\n".join(lines)
+
+
+def main():
+    names, rates = arms.split(","), lrs.split(",")
+    check(globals(), at_least=dict(n_seeds=1, max_iters=1, jobs=1, insert_layer=1))
+    for key in ("teacher_config", "sae_config", "ntp_config", "cocomix_config"):
+        if globals()[key] and not os.path.isfile(globals()[key]):
+            raise SystemExit(f"error: {key}={globals()[key]} not found: give a config file (see config/)")
+    unknown = [a for a in names if a not in ARMS]
+    if unknown:
+        raise SystemExit(f"error: unknown arm(s) {', '.join(unknown)}: choose from {', '.join(ARMS)}")
+    try:
+        bad = [lr for lr in rates if not float(lr) > 0]
+    except ValueError:
+        bad = rates
+    if bad:
+        raise SystemExit(f"error: lrs={lrs!r} must be positive numbers separated by commas, like 1e-3,2e-3,4e-3")
+    t0 = time.time()
+    meta, teacher, sae = teacher_and_sae(dataset, data_root, out_root, teacher_config, sae_config)
+    root = f"{out_root}/arms"
+    common = [f"--dataset={dataset}", f"--data_root={data_root}", f"--max_iters={max_iters}",
+              f"--sae_path={sae}", f"--teacher_path={os.path.dirname(teacher)}"]
+
+    def spec(arm, lr, seed, out_dir):
+        ntp_width, extra = ARMS[arm]
+        config = ntp_config if ntp_width else cocomix_config
+        extra = [*extra, f"--insert_layer={insert_layer}"] if "--mode=pause" in extra else extra
+        return (f"{arm} lr {lr} seed {seed}", [config, *common, *extra, f"--learning_rate={lr}", f"--seed={seed}"],
+                out_dir, [config, meta, sae, teacher])
+
+    print(f"== grid: {len(names)} arms x {len(rates)} learning rates, seed 1, {jobs} at once")
+    run_all([spec(a, lr, 1, f"{root}/grid/{a}_lr{lr}_s1") for a in names for lr in rates])
+    grid = {a: {lr: final_loss(f"{root}/grid/{a}_lr{lr}_s1") for lr in rates} for a in names}
+    chosen = {a: min(rates, key=lambda lr: grid[a][lr]) for a in names}
+    table = grid_table(grid, chosen)
+    with replacing(f"{root}/grid.md") as tmp, open(tmp, "w") as f:
+        f.write(table + "\n")
+    print(table)
+    for a in names:  # seed 1 at the chosen rate is the grid's run
+        link = f"{root}/{a}_s1"
+        if os.path.exists(link) and not os.path.islink(link):
+            raise SystemExit(f"error: {link} is not the link to a grid run arms.py makes: move it away and re-run")
+        if os.path.islink(link):
+            os.remove(link)
+        os.symlink(f"grid/{a}_lr{chosen[a]}_s1", link)
+    print(f"== seeds 2..{n_seeds} at each arm's chosen rate, {jobs} at once")
+    run_all([spec(a, chosen[a], s, f"{root}/{a}_s{s}") for s in range(2, n_seeds + 1) for a in names])
+    from compare import compare_training
+    compare_training(root, [f"{root}/{a}_s{s}" for a in names for s in range(1, n_seeds + 1)])
+    print(f"arms finished in {(time.time() - t0) / 60:.1f} min")
+
+
+if __name__ == "__main__":
+    configure(globals())
+    sys.exit(main())

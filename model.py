@@ -375,8 +375,9 @@ def kd_loss(logits, teacher_logits, vocab_size):
     """Knowledge distillation (Section 3.1's baseline): KL(teacher || student) between next-token distributions,
     summed over the tokenizer's vocab_size ids (not the padding) and averaged over tokens. logits (B, T, V),
     teacher_logits (B, T, V') with V, V' >= vocab_size."""
-    logp = F.log_softmax(logits[..., :vocab_size].float(), dim=-1)
-    logq = F.log_softmax(teacher_logits[..., :vocab_size].float(), dim=-1)
+    at_least_fp32 = lambda x: x.to(torch.promote_types(x.dtype, torch.float32))  # noqa: E731  (bf16 -> fp32)
+    logp = F.log_softmax(at_least_fp32(logits[..., :vocab_size]), dim=-1)
+    logq = F.log_softmax(at_least_fp32(teacher_logits[..., :vocab_size]), dim=-1)
     return F.kl_div(logp.flatten(0, -2), logq.flatten(0, -2), log_target=True, reduction="batchmean")
 
 
@@ -388,6 +389,12 @@ def concept_loss(concept_logits, labels):
     given = labels >= 0
     nll = -logp.gather(-1, labels.clamp(min=0))
     return (nll * given).sum() / given.sum().clamp(min=1)
+
+
+def concept_accuracy(concept_logits, labels):
+    """Fraction of the given concept labels (not -1) found among the model's K_attr highest concept logits."""
+    top = concept_logits.topk(labels.size(-1), dim=-1).indices
+    return (labels.unsqueeze(-1) == top.unsqueeze(-2)).any(-1)[labels >= 0].float().mean().item()
 
 
 # Peak dense bf16 tensor-core FLOP/s, matched against torch.cuda.get_device_name()

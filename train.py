@@ -32,7 +32,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from checkpoint import check_new_run, claim_out_dir, finite, remove_stale, replacing, save
 from configurator import autocast_for, check, configure, resolve_device, resume_settings
-from model import GPT, GPTConfig, kd_loss, layer_norm
+from model import GPT, GPTConfig, concept_accuracy, kd_loss, layer_norm
 from prepare import check_splits, check_trained_on, fingerprint, load_meta
 from sae import load_concept_extractor
 from teacher import check_vocab, load_teacher, teacher_flops_per_token, tokenizer_of
@@ -332,12 +332,6 @@ def losses_of(X, Y, targets):
             teacher_logits = teacher(X)[0]
         losses["kd"] = kd_loss(logits, teacher_logits, meta["vocab_size"])
     return concept_logits, losses
-
-
-def concept_accuracy(concept_logits, labels):
-    """Fraction of the given concept labels (not -1) found among the model's K_attr highest concept logits."""
-    top = concept_logits.topk(labels.size(-1), dim=-1).indices
-    return (labels.unsqueeze(-1) == top.unsqueeze(-2)).any(-1)[labels >= 0].float().mean().item()
 
 
 def concept_labels(X):

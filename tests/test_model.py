@@ -3,7 +3,7 @@ import runpy
 import pytest
 import torch
 
-from model import GPT, GPTConfig, generate, layer_norm, steered_topk
+from model import GPT, GPTConfig, generate, kd_loss, layer_norm, steered_topk
 
 TINY = dict(block_size=32, vocab_size=96, n_layer=3, n_head=2, n_embd=32)
 
@@ -315,3 +315,62 @@ def test_cocomix_presets_match_ntp_in_activated_parameters_as_the_paper(cocomix_
     model = build(cocomix_preset, n_concepts=32768, k_concepts=c["k_concepts"], insert_layer=c["insert_layer"])
     assert round(model.get_num_params(activated=True) / 1e6, 1) == cocomix_m
     assert round(build(ntp_preset).get_num_params() / 1e6, 1) == ntp_m
+
+
+# -----------------------------------------------------------------------------
+# the paper's controls: pause tokens, hidden-state regression, knowledge distillation
+
+def test_kd_loss_is_zero_for_the_teacher_itself_and_its_gradient_matches_finite_differences():
+    torch.manual_seed(0)
+    teacher = torch.randn(2, 3, 10, dtype=torch.float64)
+    padded = torch.cat((teacher, torch.full((2, 3, 6), 50.0, dtype=torch.float64)), -1)  # padding ids: ignored
+    assert kd_loss(padded, teacher, vocab_size=10).abs() < 1e-12
+    student = torch.randn(2, 3, 10, dtype=torch.float64, requires_grad=True)
+    p, logp_s = teacher.softmax(-1), student.log_softmax(-1)
+    by_hand = (p * (p.log() - logp_s)).sum(-1).mean()  # KL(teacher || student) per token, averaged
+    torch.testing.assert_close(kd_loss(student, teacher, 10), by_hand)
+    assert torch.autograd.gradcheck(lambda s: kd_loss(s, teacher, 10), (student,))
+
+
+def test_a_pause_model_interleaves_one_learned_embedding_and_reads_tokens_from_the_pause_slots():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(**TINY, pause=True, insert_layer=1)).eval()
+    assert model.get_num_params() == GPT(GPTConfig(**TINY)).get_num_params() + 32  # one pause embedding
+    seen = []
+    model.transformer.h[1].register_forward_hook(lambda m, i, o: seen.append(i[0]))
+    x = torch.randint(0, 96, (2, 12))
+    logits, head, _ = model(x)
+    assert head is None and logits.shape == (2, 12, 96) and seen[0].shape == (2, 24, 32)
+    assert torch.equal(seen[0][:, 1::2], model.pause_embedding.expand(2, 12, 32))  # the same slot everywhere
+    b = x.clone()
+    b[:, 6:] = (b[:, 6:] + 1) % 96
+    torch.testing.assert_close(model(b)[0][:, :6], logits[:, :6])  # causal over the interleaved sequence
+
+
+@pytest.mark.parametrize("kind", ["l2", "cosine"])
+def test_regression_predicts_the_teachers_state_compresses_it_into_the_slot_and_trains_by_its_loss(kind):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(**TINY, n_regress=48, regress_loss=kind, insert_layer=1))
+    x, y, target = torch.randint(0, 96, (2, 12)), torch.randint(0, 96, (2, 12)), torch.randn(2, 12, 48)
+    logits, prediction, losses = model(x, y, target)
+    assert prediction.shape == (2, 12, 48) and logits.shape == (2, 12, 96)
+    expected = {"l2": ((prediction - target) ** 2).mean(),
+                "cosine": 1 - torch.nn.functional.cosine_similarity(prediction, target, dim=-1).mean()}[kind]
+    torch.testing.assert_close(losses["concept"], expected)
+    losses["concept"].backward()
+    assert model.regression_head.g[0].weight.grad.abs().sum() > 0
+    assert model.regression_head.compressor.weight.grad is None  # the loss is on g(h), before compression
+    model.zero_grad()
+    losses = model(x, y, target)[2]
+    losses["ntp"].backward()
+    assert model.regression_head.compressor.weight.grad.abs().sum() > 0  # the token loss trains the slot
+
+
+def test_flops_count_the_controls_slots_and_heads():
+    pause = GPT(GPTConfig(**TINY, pause=True, insert_layer=1))
+    interleaved = GPT(GPTConfig(**TINY, n_concepts=64, k_concepts=8, insert_layer=1))
+    plain = GPT(GPTConfig(**TINY))
+    head = 6 * 32 * (64 + 8)
+    assert pause.flops_per_token(16) == interleaved.flops_per_token(16) - head > plain.flops_per_token(16)
+    regress = GPT(GPTConfig(**TINY, n_regress=48, insert_layer=1))
+    assert regress.flops_per_token(16) == pause.flops_per_token(16) + 6 * (32 * 48 + 48 * 48 + 48 * 32)

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from conftest import run_script
 from model import GPT, GPTConfig
-from model import concept_loss, layer_norm
+from model import concept_accuracy, concept_loss, layer_norm
 from prepare import fingerprint, load_meta
 from sae import (SAE, ActivationStream, ConceptExtractor, auxk_loss, densify, fvu, load_concept_extractor, load_sae,
                  sae_from_openai, save_checkpoint, topk_relu, train)
@@ -142,6 +142,10 @@ def test_slots_without_a_positive_score_get_no_label_and_no_loss_or_accuracy():
     by_hand = -torch.log_softmax(logits, -1).gather(-1, labels.clamp(min=0))[given].mean()
     torch.testing.assert_close(concept_loss(logits, labels), by_hand)
     torch.testing.assert_close(concept_loss(logits, torch.full_like(labels, -1)), torch.tensor(0.0))
+    hits = (labels.unsqueeze(-1) == logits.topk(4, dim=-1).indices.unsqueeze(-2)).any(-1)
+    assert concept_accuracy(logits, labels) == pytest.approx(hits[given].float().mean().item())
+    perfect = logits.scatter(-1, labels.clamp(min=0), 100.0)  # every given label on top; the -1 slots miss
+    assert concept_accuracy(perfect, labels) == 1.0
     assert ConceptExtractor(teacher, sae, 1, k_attr=4, method="activation")(idx).min() >= 0  # every token has k > 0
 
 

@@ -3,7 +3,7 @@ Evaluate checkpoints as the paper does (Section 3.1, Table 1): perplexity on a w
 seven zero-shot tasks the paper runs through lm-evaluation-harness (here run natively, no harness needed), and
 on the concept world probes of the planted concepts. Writes <out>/results.json; compare.py makes Table 1 of it.
 
-    python eval.py out/ntp                                   # val perplexity (+ concept probes on the concept world)
+    python eval.py out/compare/ntp_s1                        # val perplexity (+ concept probes on the concept world)
     python eval.py out/compare/ntp_s1 out/compare/cocomix_s1 --tasks=val,concept_probes --out=out/eval
     python eval.py out/owt_ntp --tasks=paper                 # OWT val + the seven tasks, loaded from the hub
     python eval.py out/owt_ntp --tasks=val,piqa --task_dir=evals   # offline: evals/piqa.jsonl, the hub's rows

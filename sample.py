@@ -1,7 +1,7 @@
 """
 Sample from a trained model (a train.py checkpoint) or from GPT-2; read and steer a CoCoMix model's concepts.
 
-    python sample.py --out_dir=out/ntp --start="the ship" --num_samples=3
+    python sample.py --out_dir=out/compare/ntp_s1 --start="the ship" --num_samples=3
     python sample.py --init_from=gpt2 --start=FILE:prompt.txt     # needs transformers and the network
 CoCoMix (concept descriptions come from `python concepts.py`):
     python sample.py --out_dir=out/compare/cocomix_s1 --show_concepts       # the concepts predicted at each token
@@ -20,7 +20,7 @@ from teacher import load_teacher
 
 # -----------------------------------------------------------------------------
 init_from = "resume"        # "resume" (the checkpoint in out_dir) or a GPT-2 name like "gpt2"
-out_dir = "out/ntp"
+out_dir = "out/compare/cocomix_s1"
 start = ""                  # the prompt, or "FILE:path" to read it from a file; "" starts a new document
 num_samples = 3
 max_new_tokens = 100        # 0 prints the prompt (with --show_concepts: the concepts predicted on it)

@@ -1,6 +1,7 @@
 # CoCoMix student on the embedded concept world: concepts from out/sae (sae.py on out/teacher), predicted from
 # and interleaved at the input of block 2 of 4 (the paper's 69M model predicts at block 3 of 8).
-out_dir = "out/cocomix"
+out_dir = "out/compare/cocomix_s1"  # where compare.py and the pipeline look: python compare.py out/compare
+seed = 1
 dataset = "concepts"
 mode = "cocomix"
 sae_path = "out/sae/sae.pt"

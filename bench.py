@@ -28,7 +28,7 @@ steps = 20                  # timed steps, after `warmup` untimed ones
 warmup = 5
 device = "auto"
 dtype = "auto"
-compile = True              # CUDA only, as in train.py
+compile = None              # as train.py: None compiles on CUDA only; True also times compiled steps on CPU
 seed = 1337
 # -----------------------------------------------------------------------------
 
@@ -72,10 +72,10 @@ def main():
     print(f"device {dev} ({torch.cuda.get_device_name(dev) if dev_type == 'cuda' else 'cpu'}), {ptdtype}, "
           f"batch {batch_size} x {T} tokens, {torch.get_num_threads()} CPU threads")
 
-    results = {}
-    for name, model, lam in (("ntp", ntp, 0.0), ("cocomix", cocomix, 0.1)):
+    def step_time(model, lam, compiled):
+        """Seconds per optimisation step (forward, backward, AdamW) of model, compiled or eager."""
         optimizer = model.configure_optimizers(0.1, 1e-4, (0.9, 0.95), dev_type)
-        fwd = torch.compile(model) if compile and dev_type == "cuda" else model
+        fwd = torch.compile(model) if compiled else model
 
         def step():
             with autocast:
@@ -84,7 +84,15 @@ def main():
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-        results[name] = timed(step, sync)
+        return timed(step, sync)
+
+    use_compile = compile or (compile is None and dev_type == "cuda")
+    results = {name: step_time(model, lam, use_compile) for name, model, lam in
+               (("ntp", ntp, 0.0), ("cocomix", cocomix, 0.1))}
+    if use_compile and dev_type == "cpu":  # what train.py's CPU default rests on: the same steps, eager
+        eager = {name: step_time(model, lam, False) for name, model, lam in (("ntp", ntp, 0.0), ("cocomix", cocomix, 0.1))}
+        print("eager / compiled step time on CPU: " +
+              ", ".join(f"{name} {eager[name] / results[name]:.2f}x" for name in results))
     label_time = timed(lambda: extractor(X), sync)
 
     tokens = batch_size * T

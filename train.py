@@ -86,7 +86,7 @@ grad_clip = 1.0
 # system
 device = "auto"             # "auto" (cuda if available), "cpu", "cuda", "cuda:1", ...
 dtype = "auto"              # "auto" (bfloat16 on cuda, else float32), "float32", "bfloat16", "float16"
-compile = True              # torch.compile the model; applies on CUDA only
+compile = None              # torch.compile the model: True, False, or None (on CUDA only; tests/test_compile.py)
 seed = 1337
 # -----------------------------------------------------------------------------
 config = configure(globals())
@@ -126,6 +126,8 @@ def check_settings():
              f"{os.environ['WORLD_SIZE']} processes")
     if not out_dir:
         fail("out_dir is empty: give --out_dir=DIR")
+    if compile is not None and not isinstance(compile, bool):
+        fail(f"compile={compile!r} must be True, False or None (None: compile on CUDA only)")
 
 
 # on resume the run's own settings come first: everything below is checked and built from them
@@ -283,7 +285,7 @@ if checkpoint is not None:
 saved_iter = iter_num if init_from == "resume" else None  # the iteration of the checkpoint on disk
 scaler = torch.amp.GradScaler(device_type, enabled=(ptdtype == torch.float16))
 raw_model = model
-if compile and device_type == "cuda":
+if compile or (compile is None and device_type == "cuda"):
     model = torch.compile(model)
 if world_size > 1:
     model = DDP(model, device_ids=[local_rank] if device_type == "cuda" else None)

@@ -106,3 +106,14 @@ def test_configurator_bare_flags_set_booleans_and_string_keys_keep_their_text():
     assert ns == {"force": True, "steer": "5:10,7:-2", "scales": "-10,2", "lr": 1.0, "n": 8}
     with pytest.raises(SystemExit, match="expected --n=VALUE"):
         configure(ns, ["--n"])
+
+
+def test_compile_true_trains_on_cpu_to_the_eager_losses(tiny_dataset, tmp_path):
+    data_root, name = tiny_dataset
+    args = [f"--dataset={name}", f"--data_root={data_root}", "--n_layer=2", "--n_head=2", "--n_embd=32",
+            "--block_size=16", "--batch_size=8", "--max_iters=4", "--eval_interval=4", "--eval_iters=2"]
+    losses = {}
+    for flag in ("True", "False"):
+        run_script("train.py", *args, f"--compile={flag}", f"--out_dir={tmp_path / flag}")
+        losses[flag] = [json.loads(r)["val_loss"] for r in (tmp_path / flag / "metrics.jsonl").read_text().splitlines()]
+    assert losses["True"] == pytest.approx(losses["False"], abs=1e-4)

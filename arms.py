@@ -3,7 +3,8 @@ The fair comparison: CoCoMix against the paper's baselines and controls (Table 1
 learning rate that is good for it. Every arm sees the same tokens; its learning rate is the best of a grid by
 seed-1 validation loss; then it is trained on n_seeds seeds at that rate.
 
-    python arms.py                                      # the README's comparison (about an hour on 2 CPU cores)
+    python arms.py                                      # the README's comparison: 9 arms x 3 rates, then 2
+                                                        # more seeds each (45 runs, hours on 2 CPU cores)
     python arms.py --arms=ntp,kd --lrs=2e-3 --n_seeds=1 # a part of it
 
 The arms, at the student sizes of config/concepts_ntp.py (width 108) and config/concepts_cocomix.py (width 96,
@@ -14,9 +15,10 @@ whose activated parameters the 108 matches):
                         paper: the same doubled sequence as CoCoMix, without concepts)
     kd_pause            both
     regress             the teacher's hidden state regressed by a 2-layer MLP and mixed in instead of concepts
-                        (Fig. 6b), at CoCoMix's width
+                        (Fig. 6b), at CoCoMix's width; regress_cosine: with a cosine loss instead of l2
     cocomix             CoCoMix, attribution labels (the official code's)
     cocomix_activation  CoCoMix, activation labels (Fig. 6a)
+    cocomix_prediction  concept prediction only, no mixing (Fig. 6d)
 
 Writes into out_root/arms: grid/<arm>_lr<lr>_s1 (the grid runs), <arm>_s<seed> (each arm at its chosen rate;
 seed 1 is a link to its grid run), grid.md (every grid loss and each arm's rate), and compare.md and compare.png
@@ -39,7 +41,7 @@ from pipeline import TRAIN, stage, teacher_and_sae
 dataset = "concepts"
 data_root = "data"
 out_root = "out"
-arms = "ntp,kd,pause,kd_pause,regress,cocomix,cocomix_activation"  # a comma-separated subset of ARMS
+arms = "ntp,kd,pause,kd_pause,regress,regress_cosine,cocomix,cocomix_activation,cocomix_prediction"  # of ARMS
 lrs = "1e-3,2e-3,4e-3"      # the learning-rate grid, run on seed 1
 n_seeds = 3                 # seeds at each arm's chosen rate
 max_iters = 1000            # the token budget: max_iters x 32 x 64 tokens
@@ -55,7 +57,9 @@ insert_layer = 2            # the pause arms' block: CoCoMix's in cocomix_config
 KD = ["--lam_kd=0.1"]
 ARMS = {"ntp": (True, []), "kd": (True, KD), "pause": (True, ["--mode=pause"]),
         "kd_pause": (True, ["--mode=pause", *KD]), "regress": (False, ["--mode=regress"]),
-        "cocomix": (False, []), "cocomix_activation": (False, ["--concept_method=activation"])}
+        "regress_cosine": (False, ["--mode=regress", "--regress_loss=cosine"]), "cocomix": (False, []),
+        "cocomix_activation": (False, ["--concept_method=activation"]),
+        "cocomix_prediction": (False, ["--mixing=none"])}
 
 
 def final_loss(run):
@@ -65,10 +69,19 @@ def final_loss(run):
 
 
 def run_all(runs):
-    """Train each (name, args, out_dir, inputs) of runs, `jobs` at once; stop at the first failure."""
+    """Train each (name, args, out_dir, inputs) of runs, `jobs` at once; stop at the first failure. After each run,
+    a progress line: runs done, minutes so far, and the minutes left at the pace so far."""
     threads = max(1, (os.cpu_count() or 1) // jobs)
-    train = lambda r: stage(r[0], ["train.py", *r[1], f"--out_dir={r[2]}"], r[2], ["ckpt.pt", "metrics.jsonl"],  # noqa: E731
-                            r[3], **TRAIN, log=os.path.join(r[2], "train.log"), threads=threads)
+    t0, done = time.time(), []
+
+    def train(r):
+        stage(r[0], ["train.py", *r[1], f"--out_dir={r[2]}"], r[2], ["ckpt.pt", "metrics.jsonl"], r[3], **TRAIN,
+              log=os.path.join(r[2], "train.log"), threads=threads)
+        done.append(r[0])
+        minutes = (time.time() - t0) / 60
+        print(f"== {len(done)}/{len(runs)} runs done, {minutes:.1f} min, about "
+              f"{minutes / len(done) * (len(runs) - len(done)):.0f} min left at this pace", flush=True)
+
     for r in runs:
         os.makedirs(r[2], exist_ok=True)
     with ThreadPoolExecutor(jobs) as pool:

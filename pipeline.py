@@ -115,6 +115,17 @@ def write_stamp(path, stamp):
     write_json(stamp, path)
 
 
+PROGRESS = {"stages": None, "done": 0, "t0": time.time()}  # main() sets the count of stages
+
+
+def progress(name):
+    """After each stage (run or skipped), how far the pipeline is: stages done of all, and minutes so far."""
+    PROGRESS["done"] += 1
+    if PROGRESS["stages"]:
+        print(f"== {PROGRESS['done']}/{PROGRESS['stages']} stages done ({name}), "
+              f"{(time.time() - PROGRESS['t0']) / 60:.1f} min so far", flush=True)
+
+
 def stage(name, args, home, outputs, inputs, checkpoint=None, fresh=(), **how):
     """Run one stage, `python args`, which writes the files `outputs` into the directory home and reads the
     files `inputs`. Skipped if its stamp there (<script>.stamp.json) says it finished with the same args and
@@ -128,7 +139,7 @@ def stage(name, args, home, outputs, inputs, checkpoint=None, fresh=(), **how):
     same = stamp is not None and all(stamp.get(key) == value for key, value in want.items())
     if same and stamp.get("finished") and all(os.path.exists(os.path.join(home, f)) for f in outputs):
         print(f"== {name}: finished with these settings and inputs ({stamp_path}), skipping")
-        return
+        return progress(name)
     ckpt = os.path.join(home, checkpoint) if checkpoint else None
     if ckpt and os.path.exists(ckpt) and stamp is None:
         raise SystemExit(f"error: {home} holds a run the pipeline did not record (no {stamp_path}), so it cannot "
@@ -144,6 +155,7 @@ def stage(name, args, home, outputs, inputs, checkpoint=None, fresh=(), **how):
     write_stamp(stamp_path, {**want, "finished": False, "replaces": None if resume or not ckpt else identity(ckpt)})
     execute(name, [*args, *extra], **how)
     write_stamp(stamp_path, {**want, "finished": True})
+    progress(name)
 
 
 def check_settings():
@@ -184,6 +196,10 @@ def teacher_and_sae(dataset, data_root, out_root, teacher_config, sae_config="")
 
 def main():
     check_settings()
+    # teacher, SAE, two students per seed, concepts, and the steering metric on the concept world
+    PROGRESS["stages"] = 2 + 2 * n_seeds + 1 + (dataset == "concepts")
+    print(f"== {PROGRESS['stages']} stages: about {8 + 5 * (n_seeds - 1)} minutes on a quiet 2-core CPU with the "
+          "default settings (8 for the first seed, 5 for each student pair after it)")
     data = [f"--dataset={dataset}", f"--data_root={data_root}"]
     meta, teacher, sae = teacher_and_sae(dataset, data_root, out_root, teacher_config, sae_config)
     sae_dir, compare_dir = os.path.dirname(sae), f"{out_root}/compare"

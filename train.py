@@ -34,6 +34,7 @@ from checkpoint import check_new_run, claim_out_dir, finite, remove_stale, repla
 from configurator import autocast_for, check, configure, resolve_device, resume_settings
 from model import GPT, GPTConfig, concept_accuracy, kd_loss, layer_norm
 from prepare import check_splits, check_trained_on, fingerprint, load_meta
+from labels import as_labels, cache_dir, cache_key, load_labels, n_windows
 from sae import load_concept_extractor
 from teacher import check_vocab, load_teacher, teacher_flops_per_token, tokenizer_of
 
@@ -65,6 +66,7 @@ mode = "ntp"                # "ntp": next-token prediction only; "cocomix": + co
 sae_path = "out/sae/sae.pt"  # cocomix, regress: an SAE checkpoint from sae.py, which names its teacher and layer
 concept_method = "attribution"  # label selection: "attribution" (official code), "attribution_pre" (Eq. 1), "activation"
 k_attr = 4                  # K_attr: concept labels per token
+cached_labels = False       # cocomix: read the labels `python labels.py` wrote (whole windows on a fixed grid)
 k_concepts = 32             # K_concept: predicted concepts kept and compressed
 insert_layer = 1            # predict and mix concepts at the input of this block
 mixing = "interleave"       # "interleave", "add" or "none" (concept prediction only)
@@ -119,6 +121,8 @@ def check_settings():
         fail(f"n_embd={n_embd} is not a multiple of n_head={n_head}: each head takes n_embd/n_head dimensions")
     if mode != "ntp" and not 0 < insert_layer < n_layer:
         fail(f"insert_layer={insert_layer} must leave blocks on both sides: use 1..{n_layer - 1}")
+    if cached_labels and mode != "cocomix":
+        fail(f"--cached_labels holds concept labels, which mode={mode} does not learn: drop it")
     if mode == "pause" and mixing != "interleave":
         fail(f"mode=pause interleaves its pause tokens; mixing={mixing!r} has no meaning for it: drop --mixing")
     if gradient_accumulation_steps % int(os.environ.get("WORLD_SIZE", 1)):
@@ -187,18 +191,24 @@ if checkpoint is not None:
 
 
 def get_batch(split, it, micro):
-    """Micro-batch `micro` of iteration `it`'s global batch. The global batch is drawn from a generator
-    seeded by (seed, split, it) alone, so a run gives the same batches with any number of processes and
-    after a resume."""
+    """(x, y, cached concept labels or None): micro-batch `micro` of iteration `it`'s global batch. The global
+    batch is drawn from a generator seeded by (seed, split, it) alone, so a run gives the same batches with any
+    number of processes and after a resume. Windows start anywhere; with cached labels, on their grid."""
     data = np.memmap(os.path.join(data_dir, f"{split}.bin"), dtype=np.uint16, mode="r")  # re-open: no leak
     g = torch.Generator().manual_seed(seed * 1_000_003 + 2 * it + (split == "val"))
-    ix = torch.randint(len(data) - block_size, (gradient_accumulation_steps * batch_size,), generator=g)
-    ix = ix[micro * batch_size:(micro + 1) * batch_size]
+    n = gradient_accumulation_steps * batch_size
+    if label_cache is None:
+        ix = torch.randint(len(data) - block_size, (n,), generator=g)[micro * batch_size:(micro + 1) * batch_size]
+    else:
+        ix = block_size * torch.randint(n_windows(len(data), block_size), (n,), generator=g)
+        ix = ix[micro * batch_size:(micro + 1) * batch_size]
     x = torch.stack([torch.from_numpy(data[i:i + block_size].astype(np.int64)) for i in ix])
     y = torch.stack([torch.from_numpy(data[i + 1:i + 1 + block_size].astype(np.int64)) for i in ix])
+    labels = None if label_cache is None else as_labels(label_cache[split][(ix // block_size).numpy()])
     if device_type == "cuda":
-        return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
-    return x, y
+        x, y = x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
+        labels = None if labels is None else labels.pin_memory().to(device, non_blocking=True)
+    return x, y, labels
 
 
 # -----------------------------------------------------------------------------
@@ -228,6 +238,13 @@ if mode in ("cocomix", "regress"):
              f"use 1..{extractor.n_concepts}")
     model_args.update(dict(n_concepts=extractor.n_concepts, k_concepts=k_concepts) if mode == "cocomix" else
                       dict(n_regress=extractor.teacher.config.n_embd, regress_loss=regress_loss))
+label_cache = None  # {split: (windows, block_size, k_attr) uint16 memmap} with --cached_labels
+if cached_labels:
+    try:
+        label_cache = load_labels(cache_dir(sae_path, dataset, concept_method, k_attr, block_size),
+                                  cache_key(extractor, meta, block_size))
+    except ValueError as e:
+        fail(e)
 if mode != "ntp":
     model_args.update(insert_layer=insert_layer, mixing=mixing, pause=mode == "pause")
 if lam_kd:
@@ -290,6 +307,7 @@ if compile or (compile is None and device_type == "cuda"):
 if world_size > 1:
     model = DDP(model, device_ids=[local_rank] if device_type == "cuda" else None)
 # training FLOPs per token (the compute axis): the student's, and the frozen teacher's and the SAE's it pays for
+# (labelling counted as if online, also with cached labels, which pay it once per dataset token instead)
 flops_per_token = raw_model.flops_per_token(block_size)
 if mode == "cocomix":
     flops_per_token += extractor.flops_per_token(block_size)
@@ -360,10 +378,10 @@ def estimate_loss():
         sums = dict.fromkeys(["loss"] + ["concept_loss"] * bool(extractor) + ["concept_acc"] * (mode == "cocomix")
                              + ["kd_loss"] * (teacher is not None), 0.0)
         for k in range(rank, eval_iters, world_size):
-            X, Y = get_batch(split, -1 - k, 0)  # negative iterations: fixed evaluation batches
-            if extractor and (split, k) not in eval_labels:
+            X, Y, labels = get_batch(split, -1 - k, 0)  # negative iterations: fixed evaluation batches
+            if extractor and labels is None and (split, k) not in eval_labels:
                 eval_labels[split, k] = concept_labels(X)
-            labels = eval_labels.get((split, k))
+            labels = eval_labels.get((split, k), labels)
             with autocast:
                 concept_logits, losses = losses_of(X, Y, labels)
             sums["loss"] += losses["ntp"].item()
@@ -449,8 +467,8 @@ while True:
     # one optimisation step over gradient_accumulation_steps micro-batches
     loss_sum = torch.zeros((), device=device)  # summed on the device: .item() each micro-step would sync the GPU
     for micro in range(local_micro_steps):
-        X, Y = get_batch("train", iter_num, micro * world_size + rank)
-        labels = concept_labels(X)
+        X, Y, labels = get_batch("train", iter_num, micro * world_size + rank)
+        labels = concept_labels(X) if labels is None else labels
         sync = micro == local_micro_steps - 1  # DDP all-reduces gradients on the last micro-batch only
         with (model.no_sync() if world_size > 1 and not sync else nullcontext()), autocast:
             loss = objective(losses_of(X, Y, labels)[1]) / local_micro_steps

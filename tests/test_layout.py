@@ -8,7 +8,7 @@ import pytest
 from conftest import ROOT, run_script
 
 # The flow of the project, from data to reporting: a file may import only files in earlier layers.
-LAYERS = [["configurator"], ["checkpoint"], ["world"], ["prepare"], ["model"], ["teacher"], ["sae"], ["train"],
+LAYERS = [["configurator"], ["checkpoint"], ["world"], ["prepare"], ["model"], ["teacher"], ["sae"], ["labels"], ["train"],
           ["tasks"], ["eval", "concepts"], ["steer"], ["sample"], ["compare"], ["bench", "pipeline"], ["arms"]]
 LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}
 SCRIPTS = sorted(f[:-3] for f in os.listdir(ROOT) if f.endswith(".py"))

@@ -67,6 +67,7 @@ sae_path = "out/sae/sae.pt"  # cocomix, regress: an SAE checkpoint from sae.py, 
 concept_method = "attribution"  # label selection: "attribution" (official code), "attribution_pre" (Eq. 1), "activation"
 k_attr = 4                  # K_attr: concept labels per token
 cached_labels = False       # cocomix: read the labels `python labels.py` wrote (whole windows on a fixed grid)
+label_dtype = "float32"     # the teacher's pass for the labels: "float32", or "bfloat16" (autocast; faster on GPUs)
 k_concepts = 32             # K_concept: predicted concepts kept and compressed
 insert_layer = 1            # predict and mix concepts at the input of this block
 mixing = "interleave"       # "interleave", "add" or "none" (concept prediction only)
@@ -112,7 +113,8 @@ def check_settings():
                        min_lr_ratio="[0, 1]", weight_decay="[0, inf)", grad_clip="[0, inf)", lam_concept="[0, inf)",
                        lam_kd="[0, inf)"),
           one_of=dict(mode=("ntp", "cocomix", "pause", "regress"), mixing=("interleave", "add", "none"),
-                      concept_method=("attribution", "attribution_pre", "activation"), regress_loss=("l2", "cosine")))
+                      concept_method=("attribution", "attribution_pre", "activation"), regress_loss=("l2", "cosine"),
+                      label_dtype=("float32", "bfloat16")))
     if init_from not in ("scratch", "resume") and not init_from.startswith("gpt2"):
         fail(f"unknown init_from={init_from!r}: use 'scratch', 'resume' or a GPT-2 name like 'gpt2'")
     if init_from == "resume" and overwrite:
@@ -362,8 +364,8 @@ def concept_labels(X):
     if mode == "regress":
         with torch.no_grad():
             return layer_norm(extractor.teacher.hidden(X, extractor.layer))[0]
-    with torch.enable_grad():  # the attribution needs the teacher's gradient, also during evaluation
-        return extractor(X)
+    with torch.enable_grad(), torch.autocast(device_type, torch.bfloat16, enabled=label_dtype == "bfloat16"):
+        return extractor(X)  # with the teacher's gradient (attribution needs it), also during evaluation
 
 
 eval_labels = {}  # evaluation batches are fixed, so their concept labels are computed once

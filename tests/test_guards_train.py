@@ -126,6 +126,7 @@ BAD_INPUTS = [
     ("--mode=kd", "mode='kd' must be 'ntp' or 'cocomix' or 'pause' or 'regress'"),
     ("--lam_kd=-1", "lam_kd=-1.0 must be in [0, inf)"),
     ("--compile=yes", "compile='yes' must be True, False or None"),
+    ("--label_dtype=float16", "label_dtype='float16' must be 'float32' or 'bfloat16'"),
     ("--cached_labels", "--cached_labels holds concept labels, which mode=ntp does not learn: drop it"),
     ("--regress_loss=l1", "regress_loss='l1' must be 'l2' or 'cosine'"),
     ("--lam_kd=0.1 --teacher_path={dir}/none", "none not found: train one with `python train.py config/concepts_teacher.py`"),

@@ -190,6 +190,18 @@ def describe(sae_path, eval_tokens, n_contexts, context, match_auroc, device):
             "latents": latents, "planted": planted, "alignment": alignment, "recovery": recovery}
 
 
+def planted_latents(path):
+    """{planted concept name: the latent that detects it best} from a concepts.json ({} off the concept world)."""
+    if not os.path.isfile(path):
+        raise ValueError(f"{path} not found: describe the SAE's concepts first with `python concepts.py`")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return {c["name"]: c["latent"] for c in json.load(f)["planted"] or []}
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path} is not a concepts.py concepts.json ({type(e).__name__}): write it again with "
+                         "python concepts.py") from None
+
+
 def load_descriptions(path):
     """{latent id: short description} from a concepts.json."""
     if not os.path.isfile(path):

@@ -5,14 +5,14 @@ Sample from a trained model (a train.py checkpoint) or from GPT-2; read and stee
     python sample.py --init_from=gpt2 --start=FILE:prompt.txt     # needs transformers and the network
 CoCoMix (concept descriptions come from `python concepts.py`):
     python sample.py --out_dir=out/compare/cocomix_s1 --show_concepts       # the concepts predicted at each token
-    python sample.py --out_dir=out/compare/cocomix_s1 --steer=521:10 --force --compare_teacher
+    python sample.py --out_dir=out/compare/cocomix_s1 --steer=topic=sea:-10 --force --compare_teacher
 """
 import os
 
 import torch
 
 from configurator import autocast_for, check, configure, resolve_device
-from concepts import concepts_file, load_descriptions
+from concepts import concepts_file, load_descriptions, planted_latents
 from model import GPT, generate
 from prepare import get_tokenizer
 from steer import parse_steer, steer_vector, teacher_and_sae, teacher_sae_logits
@@ -29,7 +29,8 @@ top_k = 200                 # sample among the top_k most likely tokens; 0: amon
 seed = 1337
 # CoCoMix only
 show_concepts = False       # print each sampled token with the concepts the model predicts there
-steer = ""                  # "ID:SCALE[,ID:SCALE]": scale these concepts' logits before the TopK (paper: [-10, 10])
+steer = ""                  # "ID:SCALE[,ID:SCALE]", ID a latent or a planted concept (topic=sea): scale these
+                            # concepts' logits before the TopK (paper: [-10, 10])
 force = False               # keep the steered concepts among the TopK whatever their scaled logits
 compare_teacher = False     # also sample the teacher, steered through the same SAE latents (the paper's Fig. 5)
 concepts_path = ""          # "": concepts.json next to the model's SAE
@@ -57,7 +58,8 @@ def concept_tools(model, record, dev):
         raise ValueError("--show_concepts, --steer and --compare_teacher need a CoCoMix model "
                          "(train.py --mode=cocomix); this one predicts no concepts")
     sae_path = record["config"]["sae_path"]
-    steer_vec = steer_vector(parse_steer(steer, model.config.n_concepts), model.config.n_concepts, dev)
+    planted = planted_latents(concepts_path or concepts_file(sae_path)) if "=" in steer else None  # names, as topic=sea
+    steer_vec = steer_vector(parse_steer(steer, model.config.n_concepts, planted), model.config.n_concepts, dev)
     descriptions, teacher = {}, None
     if show_concepts:
         descriptions = load_descriptions(concepts_path or concepts_file(sae_path))
@@ -126,8 +128,10 @@ def main():
             models["teacher + SAE"] = teacher
     with autocast:
         for name, (make_logits_fn, block_size) in models.items():
-            if len(models) > 1:
-                print(f"=== {name}" + (f", steered {steer}" if steer else ""))
+            if len(models) > 1 or steer:
+                scaled = [(j, steer_vec[j].item()) for j in (steer_vec != 1).nonzero().flatten().tolist()] if steer else []
+                print(f"=== {name}" + (f", steered {steer} (" + ", ".join(f"latent {j} x {s:g}" for j, s in scaled)
+                                       + ")" if steer else ""))
             torch.manual_seed(seed)
             for _ in range(num_samples):
                 y = generate(make_logits_fn(steer_vec), x, max_new_tokens, block_size, temperature, top_k,

@@ -44,14 +44,23 @@ device = "auto"
 # -----------------------------------------------------------------------------
 
 
-def parse_steer(spec, n_concepts):
-    """{concept id: scale} from "ID:SCALE[,ID:SCALE...]"; a ValueError that says what is wrong otherwise."""
+def parse_steer(spec, n_concepts, planted=None):
+    """{concept id: scale} from "ID:SCALE[,ID:SCALE...]"; ID is a latent id, or the name of a planted concept
+    (like topic=sea) given planted, {name: its best latent} (concepts.planted_latents). A ValueError that says
+    what is wrong otherwise."""
     out = {}
     for item in filter(None, (s.strip() for s in spec.split(","))):
-        m = re.fullmatch(r"(\d+):([-+]?(?:\d+\.?\d*|\.\d+)(?:e[-+]?\d+)?)", item)
+        m = re.fullmatch(r"(\d+|\w+=\w+):([-+]?(?:\d+\.?\d*|\.\d+)(?:e[-+]?\d+)?)", item)
         if not m:
-            raise ValueError(f"bad steering spec {item!r}: write ID:SCALE, e.g. --steer=521:10 or --steer=521:10,38:-5")
-        concept, scale = int(m.group(1)), float(m.group(2))
+            raise ValueError(f"bad steering spec {item!r}: write ID:SCALE, e.g. --steer=521:10 or --steer=521:10,38:-5, "
+                             "or name a planted concept, e.g. --steer=topic=sea:-10")
+        concept, scale = m.group(1), float(m.group(2))
+        if "=" in concept:
+            if not planted or concept not in planted:
+                known = ", ".join(sorted(planted or {})) or "none: this SAE's concepts.json names no planted concepts"
+                raise ValueError(f"no planted concept {concept!r} (python concepts.py lists them; known: {known})")
+            concept = planted[concept]
+        concept = int(concept)
         if concept >= n_concepts:
             raise ValueError(f"concept {concept} does not exist: the model has concepts 0..{n_concepts - 1}")
         out[concept] = scale

@@ -77,6 +77,12 @@ def test_steering_specs_parse_or_fail_with_a_message_that_says_how_to_fix_them()
             parse_steer(bad, 8)
     with pytest.raises(ValueError, match=r"concept 8 does not exist: the model has concepts 0\.\.7"):
         parse_steer("8:2", 8)
+    planted = {"topic=sea": 6, "hero=ella": 2}  # concepts.json's best latent per planted concept
+    assert parse_steer("topic=sea:-10, 3:2", 8, planted) == {6: -10.0, 3: 2.0}
+    with pytest.raises(ValueError, match="no planted concept 'topic=moon'.*known: hero=ella, topic=sea"):
+        parse_steer("topic=moon:2", 8, planted)
+    with pytest.raises(ValueError, match="no planted concept 'topic=sea'.*names no planted concepts"):
+        parse_steer("topic=sea:2", 8, {})
     assert parse_scales("-10, 2,5e0,") == [-10.0, 2.0, 5.0] and parse_scales("") == []
     for bad in ("2,ten", "inf", "1,nan"):
         with pytest.raises(ValueError, match="write numbers separated by commas"):
@@ -172,3 +178,12 @@ def test_sample_shows_and_steers_concepts_and_compares_the_teacher(tiny_run):
         assert p.returncode != 0 and message in p.stdout and "Traceback" not in p.stdout
     p = run_script("sample.py", f"--out_dir={root / 'out' / 'compare' / 'ntp_s1'}", "--show_concepts", check=False)
     assert p.returncode != 0 and "need a CoCoMix model" in p.stdout
+
+
+def test_sample_steers_a_planted_concept_by_its_name_through_concepts_json(tiny_run):
+    root, _, _ = tiny_run
+    planted = json.loads((root / "out" / "sae" / "concepts.json").read_text())["planted"]
+    name = planted[0]["name"]
+    p = run_script("sample.py", f"--out_dir={root / 'out' / 'compare' / 'cocomix_s1'}", f"--steer={name}:-10",
+                   "--force", "--num_samples=1", "--max_new_tokens=5", "--show_concepts")
+    assert f"=== model, steered {name}:-10 (latent {planted[0]['latent']} x -10)" in p.stdout

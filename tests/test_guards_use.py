@@ -147,6 +147,7 @@ ROWS = [
     ("sample.py", "--out_dir=sae/sae.pt", "sae/sae.pt is an SAE (sae.py), not a train.py checkpoint"),
     ("sample.py", "--out_dir=runs/ntp_s1 --start=abc --show_concepts", "need a CoCoMix model"),
     ("sample.py", "--out_dir=student --steer=99:2", "concept 99 does not exist"),
+    ("sample.py", "--out_dir=student --steer=topic=moon:2", "no planted concept 'topic=moon' (python concepts.py"),
     ("sample.py", "--out_dir=student_nosae --compare_teacher", "SAE checkpoint missing/sae.pt not found"),
     ("sample.py", "--out_dir=student_badsae --compare_teacher", "bad/truncated.pt is damaged"),
     ("sample.py", "--out_dir=student_sae8 --compare_teacher", "sae_8/sae.pt has 8 latents but the student predicts 16"),

@@ -33,9 +33,10 @@ COLUMNS = [("val", "ppl", "Val"), ("lambada_openai", "ppl", "LAMB"), ("wikitext"
            ("hellaswag", "acc_norm", "HellaS"), ("piqa", "acc", "PIQA"), ("social_iqa", "acc", "SIQA"),
            ("arc_easy", "acc", "ARC-E"), ("winogrande", "acc", "WinoG"), ("concept_probes", "acc", "Probes")]
 PPL = ("ppl", "word_perplexity")  # the lower-is-better metrics among them
-# One colour per method in every plot and notebook; other methods take the colours left, in order of appearance
+# One colour per method in every plot and notebook (steer.COLORS repeats cocomix and teacher for the steering
+# plots, which sit below this file); other methods take the colours left, in order of appearance
 COLORS = {"ntp": "C0", "cocomix": "C1", "kd": "C2", "pause": "C3", "kd_pause": "C4", "regress": "C5",
-          "cocomix_activation": "C6", "teacher": "C7"}
+          "cocomix_activation": "C6", "teacher": "C7", "regress_cosine": "C8", "cocomix_prediction": "C9"}
 
 
 def color(method, _extra={}):

@@ -175,11 +175,14 @@ def steering_success(logits_fns, planted, meta, scales, n_samples, max_new_token
     return results
 
 
+COLORS = {"CoCoMix": "C1", "teacher + SAE": "C7"}  # compare.COLORS' cocomix and teacher (compare sits above us)
+
+
 def plot(results, planted, ax):
     """Success rate (mean over the planted concepts) against the steering scale, one line per model."""
     for name, by_scale in results.items():
         s = sorted(by_scale)
-        ax.plot(s, [np.mean(by_scale[x]) for x in s], marker="o", label=name)
+        ax.plot(s, [np.mean(by_scale[x]) for x in s], marker="o", color=COLORS.get(name), label=name)
     ax.axvline(1.0, color="grey", lw=0.8, ls=":")
     ax.set_xlabel("steering scale (1 = unsteered)")
     ax.set_ylabel(f"stories expressing the steered concept\n(mean over {len(planted)} planted concepts)")

@@ -4,9 +4,17 @@ separately. Random tokens and random weights: speed does not depend on what the 
 
     python bench.py                                                  # the embedded default's students, CPU
     python bench.py --ntp_config=config/owt_ntp_69m.py --cocomix_config=config/owt_cocomix_69m.py \
-        --teacher_config=gpt2 --n_latents=32768 --sae_k=32 --sae_layer=5 --batch_size=16   # the paper's 69M, GPU
+        --teacher_config=gpt2 --n_latents=32768 --sae_k=32 --sae_layer=5 --batch_size=16 \
+        --vocab_size=50304                                           # the paper's 69M, GPU
+    python bench.py --memory_table=True      # the OWT presets' training memory per GPU, estimated (a markdown table)
+
+Each timed part also reports its peak memory: on CUDA the allocator's peak (reset before the part), on CPU the
+process's peak resident set size (one number for the whole run: the kernel keeps no per-part peak).
 """
+import os
+import resource
 import runpy
+import sys
 import time
 
 import torch
@@ -30,16 +38,17 @@ device = "auto"
 dtype = "auto"
 compile = None              # as train.py: None compiles on CUDA only; True also times compiled steps on CPU
 seed = 1337
+memory_table = False        # only print the OWT presets' estimated training memory (meta device: nothing allocated)
 # -----------------------------------------------------------------------------
 
 
 def model_config(path, **extra):
-    """GPTConfig from a train.py preset's architecture keys."""
+    """GPTConfig from a train.py preset's architecture keys; extra overrides (vocab_size too)."""
     if path == "gpt2":
-        return GPTConfig(vocab_size=vocab_size)
+        return GPTConfig(**{"vocab_size": vocab_size, **extra})
     cfg = runpy.run_path(path)
     keys = ("n_layer", "n_head", "n_embd", "block_size", "k_concepts", "insert_layer", "mixing")
-    return GPTConfig(vocab_size=vocab_size, **{k: cfg[k] for k in keys if k in cfg}, **extra)
+    return GPTConfig(**{"vocab_size": vocab_size, **{k: cfg[k] for k in keys if k in cfg}, **extra})
 
 
 def timed(fn, sync):
@@ -54,7 +63,92 @@ def timed(fn, sync):
     return (time.perf_counter() - t0) / steps
 
 
+# -----------------------------------------------------------------------------
+# The memory table: what the paper's presets need per GPU to train, estimated from their shapes alone. They train
+# on OpenWebText with GPT-2's BPE (50257 tokens, padded to 50304 as train.py pads), and CoCoMix's concepts come
+# from OpenAI's GPT-2 small SAE (32,768 latents, k=32, on the output of block 5) on the frozen GPT-2 small teacher.
+# (Constants here are tuples and dicts: configure() would take a plain number or string for a setting.)
+OWT_PRESETS = tuple(f"config/owt_{mode}_{size}.py" for size in ("69m", "386m", "1b") for mode in ("ntp", "cocomix"))
+OWT = dict(vocab_size=50304, teacher_vocab_size=50257, n_latents=32768, sae_k=32, sae_layer=5)
+GPU_GB = (24, 40, 80)       # GPU memory sizes, which their makers write in GB but are GiB
+
+
+def activation_bytes(b, h, seqs, s, classes, bytes_per_value=2, masks=True):
+    """Bytes a micro-batch of b sequences holds for its backward (no activation checkpointing): blocks of width h
+    over seqs[i] positions each, then cross-entropies over s positions, one per entry of classes.
+    A block: sbh(34 + 5as/h) bytes in 16 bits (Korthikanti et al., 2022, Eq. 1; a heads). We drop 5as^2b, the
+    attention scores and their dropout mask, which SDPA's flash kernel (dropout included) never stores; an eval-mode
+    model (masks=False) has no dropout masks (2sbh); fp32 doubles the rest. A cross-entropy: 4sb bytes per class
+    for the fp32 log-softmax it saves, plus 8sb per class in its backward (its gradient in, and out), for the
+    largest one only: the losses run their backward one after the other.
+    Left out: the few s*b*h tensors outside the blocks, and autocast's bf16 weight copies (2 B/param)."""
+    per_position = (34 if masks else 32) * h * bytes_per_value // 2
+    return b * (per_position * sum(seqs) + s * (4 * sum(classes) + 8 * max(classes)))
+
+
+def training_memory(path):
+    """One row of the memory table: the preset at `path` trained on one GPU at its micro-batch (batch_size x
+    block_size tokens, bf16 autocast), in bytes; for CoCoMix, with its frozen teacher and SAE, and their labelling."""
+    cfg = runpy.run_path(path)
+    b, s = cfg["batch_size"], cfg["block_size"]
+    cocomix = cfg.get("mode") == "cocomix"
+    with torch.device("meta"):  # shapes only: nothing is allocated
+        concepts = {"n_concepts": OWT["n_latents"]} if cocomix else {}
+        model = GPT(model_config(path, vocab_size=OWT["vocab_size"], **concepts))
+        teacher = GPT(GPTConfig(vocab_size=OWT["teacher_vocab_size"])) if cocomix else None  # GPT-2 small
+        sae = SAE(teacher.config.n_embd, OWT["n_latents"], OWT["sae_k"]) if cocomix else None
+    c = model.config
+    states = 16 * model.get_num_params()  # fp32 weights and gradients, and AdamW's two fp32 moments
+    if not cocomix:
+        activations = activation_bytes(b, c.n_embd, [s] * c.n_layer, s, [c.vocab_size])
+        frozen = labelling = 0
+    else:  # the blocks from insert_layer on see 2s positions (h1, c1, h2, c2, ...); both losses over the s tokens
+        seqs = [s] * c.insert_layer + [2 * s] * (c.n_layer - c.insert_layer)
+        activations = activation_bytes(b, c.n_embd, seqs, s, [c.vocab_size, c.n_concepts])
+        # the teacher and SAE in fp32 (train.py loads them so), never trained: weights only
+        frozen = 4 * (teacher.get_num_params() + sum(p.numel() for p in sae.parameters()))
+        # labelling (teacher.teacher_pass, fp32: train.py's default label_dtype) runs before the student's forward
+        # and frees its graph before it: no graph below the SAE's layer, the eval-mode blocks above it, the loss.
+        # Its forward holds as much at the loss (logits, their shifted copy, the log-softmax). The SAE's scores
+        # after it (4096 tokens x C in fp32 at a time, sae.ConceptExtractor.chunk_tokens) take less.
+        t = teacher.config
+        labelling = activation_bytes(b, t.n_embd, [s] * (t.n_layer - 1 - OWT["sae_layer"]), s, [t.vocab_size],
+                                     bytes_per_value=4, masks=False)
+    total = states + frozen + max(activations, labelling)
+    # "yes" leaves 10% free (CUDA context, allocator fragmentation, what the estimate leaves out); "tight" does not
+    fits = {gb: "yes" if total <= 0.9 * gb * 2**30 else "tight" if total <= gb * 2**30 else "no" for gb in GPU_GB}
+    return dict(preset=path, params=model.get_num_params(), micro_batch=(b, s), states=states,
+                activations=activations, frozen=frozen, labelling=labelling, total=total, fits=fits)
+
+
+def memory_rows():
+    """The training_memory rows of OWT_PRESETS, from wherever bench.py is run."""
+    root = os.path.dirname(os.path.abspath(__file__))
+    return [{**training_memory(os.path.join(root, path)), "preset": path} for path in OWT_PRESETS]
+
+
+def print_memory_table(rows):
+    """Markdown, to paste into the README."""
+    gib = lambda x: f"{x / 2**30:.1f}" if x else "-"  # noqa: E731
+    print(f"Estimated training memory per GPU, GiB (one process; bench.py --memory_table=True). Weights, gradients "
+          f"and AdamW in fp32 (16 B/param); activations bf16 at the micro-batch, no checkpointing, flash attention; "
+          f"CoCoMix adds its frozen fp32 GPT-2 teacher and {OWT['n_latents']:,}-latent SAE, and their fp32 "
+          f"labelling pass, which comes before the student's forward and so counts only if larger. 'yes' leaves "
+          f"10% free, 'tight' does not. DDP adds its gradient buckets (4 B/param).\n")
+    print("| preset | params | micro-batch | weights + grads + AdamW | activations | teacher + SAE | labelling "
+          "| total | " + " | ".join(f"{gb} GB" for gb in GPU_GB) + " |")
+    print("|---" * (8 + len(GPU_GB)) + "|")
+    for r in rows:
+        print(f"| {r['preset']} | {r['params'] / 1e6:,.1f}M | {r['micro_batch'][0]} x {r['micro_batch'][1]} "
+              f"| {gib(r['states'])} | {gib(r['activations'])} | {gib(r['frozen'])} | {gib(r['labelling'])} "
+              f"| {gib(r['total'])} | " + " | ".join(r["fits"][gb] for gb in GPU_GB) + " |")
+
+
+# -----------------------------------------------------------------------------
 def main():
+    if memory_table:
+        print_memory_table(memory_rows())
+        return
     dev = resolve_device(device)
     dev_type = "cuda" if dev.startswith("cuda") else "cpu"
     ptdtype, autocast = autocast_for(dev, dtype)
@@ -86,14 +180,23 @@ def main():
             optimizer.zero_grad(set_to_none=True)
         return timed(step, sync)
 
+    def measured(fn, *args):
+        """(fn(*args), the GPU allocator's peak bytes while it ran, reset before it; None on CPU: no such reset)."""
+        if dev_type != "cuda":
+            return fn(*args), None
+        torch.cuda.reset_peak_memory_stats(dev)
+        return fn(*args), torch.cuda.max_memory_allocated(dev)
+
     use_compile = compile or (compile is None and dev_type == "cuda")
-    results = {name: step_time(model, lam, use_compile) for name, model, lam in
-               (("ntp", ntp, 0.0), ("cocomix", cocomix, 0.1))}
+    resident = torch.cuda.memory_allocated(dev) if dev_type == "cuda" else None  # all three models, X, Y, labels
+    results, peaks = {}, {}
+    for name, model, lam in (("ntp", ntp, 0.0), ("cocomix", cocomix, 0.1)):
+        results[name], peaks[name] = measured(step_time, model, lam, use_compile)
     if use_compile and dev_type == "cpu":  # what train.py's CPU default rests on: the same steps, eager
         eager = {name: step_time(model, lam, False) for name, model, lam in (("ntp", ntp, 0.0), ("cocomix", cocomix, 0.1))}
         print("eager / compiled step time on CPU: " +
               ", ".join(f"{name} {eager[name] / results[name]:.2f}x" for name in results))
-    label_time = timed(lambda: extractor(X), sync)
+    label_time, peaks["labelling"] = measured(timed, lambda: extractor(X), sync)
 
     tokens = batch_size * T
     flops = {name: m.flops_per_token(T) for name, m in (("ntp", ntp), ("cocomix", cocomix))}
@@ -111,6 +214,15 @@ def main():
         for name, m in (("ntp", ntp), ("cocomix", cocomix)):
             mfu = m.estimate_mfu(tokens / results[name], T, torch.cuda.get_device_name(dev))
             print(f"MFU {name}: {mfu:.1%}" if mfu is not None else f"MFU {name}: unknown GPU")
+        # each part's peak holds every model: all three stay on the GPU throughout
+        print(f"peak memory (CUDA, torch.cuda.max_memory_allocated, reset before each part): NTP step "
+              f"{peaks['ntp'] / 2**20:,.0f} MiB, CoCoMix step {peaks['cocomix'] / 2**20:,.0f} MiB, concept labelling "
+              f"{peaks['labelling'] / 2**20:,.0f} MiB; of which {resident / 2**20:,.0f} MiB resident before timing "
+              f"(teacher, SAE, both students' weights, the batch and its labels)")
+    else:  # ru_maxrss: KiB on Linux, bytes on macOS
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+        print(f"peak memory (CPU, process peak RSS from getrusage ru_maxrss): {rss / 2**20:,.0f} MiB over the whole "
+              f"run, Python and torch included; the kernel keeps no per-part peak")
 
 
 if __name__ == "__main__":

@@ -299,7 +299,14 @@ if checkpoint is not None:
     # one dropout stream per rank of the saved run; with another process count, rank r continues stream
     # r % (old count): the data batches do not depend on ranks, so only the dropout noise differs
     random.setstate(rng["python"]), np.random.set_state(rng["numpy"])
-    torch.set_rng_state(rng["torch"][rank % len(rng["torch"])])
+    state = rng["torch"][rank % len(rng["torch"])]
+    if rng.get("device_type", "cpu") != device_type:  # a run moved between CPU and GPU: a fresh dropout stream
+        print(f"note: the checkpoint's dropout stream is {rng.get('device_type', 'cpu')}'s; "
+              f"on {device_type} dropout continues from seed {seed + rank}")
+    elif device_type == "cuda":
+        torch.cuda.set_rng_state(state, device)
+    else:
+        torch.set_rng_state(state)
     checkpoint = None  # free memory
 saved_iter = iter_num if init_from == "resume" else None  # the iteration of the checkpoint on disk
 scaler = torch.amp.GradScaler(device_type, enabled=(ptdtype == torch.float16))
@@ -412,16 +419,19 @@ def save_checkpoint():
     model."""
     if not finite(raw_model):
         stop_nonfinite("the weights are not finite")
-    rng_torch = [torch.get_rng_state()]
-    if world_size > 1:  # each rank has its own dropout stream
+    # each rank has its own dropout stream, on the CPU generator or (on a GPU) the device's
+    state = torch.cuda.get_rng_state(device) if device_type == "cuda" else torch.get_rng_state()
+    rng_torch = [state]
+    if world_size > 1:
         rng_torch = [None] * world_size
-        dist.all_gather_object(rng_torch, torch.get_rng_state())
+        dist.all_gather_object(rng_torch, state)
     if not master:
         return
     ckpt = {"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(), "model_args": model_args,
             "iter_num": iter_num, "best_val_loss": best_val_loss, "config": config, "meta": meta,
             "data_fingerprint": fingerprint(meta),
-            "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": rng_torch}}
+            "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": rng_torch,
+                    "device_type": device_type}}
     save(ckpt, ckpt_path, kept())
 
 

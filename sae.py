@@ -4,7 +4,11 @@ labels that CoCoMix trains its student on (Tack et al., 2025, Section 2.1).
 
 Train one on the embedded default teacher (after python train.py config/concepts_teacher.py; ~1-2 CPU minutes):
     python sae.py
-Use OpenAI's released GPT-2 small SAE instead (resid_post_mlp v5_32k; the file name is the layer, 5 in the paper):
+Use OpenAI's released GPT-2 small SAE instead (the paper's: resid_post_mlp v5_32k, layer 5), fetched over HTTPS
+into ~/.cache/cocomix once and checked against GPT-2's activations (FVU, loss recovered) on the prepared data:
+    python prepare.py --dataset=openwebtext && python sae.py --init_from=openai:resid_post_mlp_v5_32k/5 \
+        --out_dir=out/sae_gpt2
+or from a file downloaded by hand (the file name is the layer):
     python sae.py --init_from=openai:path/to/5.pt --out_dir=out/sae_gpt2
 Continue a run with more tokens, or re-evaluate a trained SAE (a max_tokens already reached trains nothing):
     python sae.py --init_from=resume --max_tokens=3000000
@@ -17,8 +21,12 @@ GPT-2's 6th block). <out_dir>/sae.pt records the teacher and the layer with the 
 load_concept_extractor(path) is all that train.py --mode=cocomix needs. What each latent means, and how well
 the latents recover the concept world's planted concepts, is concepts.py's job.
 """
+import hashlib
 import os
+import re
+import shutil
 import time
+import urllib.request
 from typing import NamedTuple
 
 import numpy as np
@@ -26,7 +34,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from checkpoint import check_new_run, claim_out_dir, finite, load_record, remove_stale, sae_record, save
+from checkpoint import (check_new_run, claim_out_dir, finite, load_record, remove_stale, replacing, sae_record, save,
+                        short)
 from configurator import check, configure, resolve_device, resume_settings
 from model import layer_norm
 from prepare import check_splits, fingerprint, load_meta, prepare_command
@@ -36,7 +45,8 @@ from teacher import (changed_inputs, check_teacher, check_vocab, load_teacher, n
 # -----------------------------------------------------------------------------
 # Defaults: a 1024-latent SAE on the middle of the embedded default teacher, sized for 2 CPU cores.
 out_dir = "out/sae"
-init_from = "scratch"       # "scratch", "resume" (from out_dir/sae.pt) or "openai:PATH" (a released GPT-2 SAE)
+init_from = "scratch"       # "scratch", "resume" (from out_dir/sae.pt), "openai:NAME/LAYER" or "openai:FILE.pt"
+openai_sha256 = ""          # the SHA-256 a fetched OpenAI SAE must have ("": print it, check nothing)
 overwrite = False           # a new run may replace the sae.pt already in out_dir
 log_interval = 50           # steps between progress lines
 ckpt_interval = 250         # steps between checkpoints
@@ -174,6 +184,37 @@ def sae_from_openai(sd):
     sae = SAE(n_inputs, n_latents, int(sd["activation_state_dict"]["k"]), normalize=True)
     sae.load_state_dict({key: sd[key] for key in ("pre_bias", "latent_bias", "encoder.weight", "decoder.weight")})
     return sae
+
+
+OPENAI_SAE_URL = "https://openaipublic.blob.core.windows.net/sparse-autoencoder/gpt2-small"  # az://openaipublic/...
+
+
+def fetch_openai_sae(name, sha256="", base_url=OPENAI_SAE_URL, cache=None):
+    """The local path of OpenAI's released GPT-2 SAE `name` ("resid_post_mlp_v5_32k/5": location_version/layer),
+    downloaded over HTTPS into cache (default ~/.cache/cocomix/openai_sae, or $XDG_CACHE_HOME) on first use, whole
+    or not at all. sha256, if given, must match the file (checked on every use); the file's hash is printed.
+    Raises ValueError for a name of another form, a failed download, or a mismatch."""
+    if not re.fullmatch(r"\w+_v\d\w*/\d+", name):
+        raise ValueError(f"openai:{name} is neither a file nor a released SAE's name like resid_post_mlp_v5_32k/5")
+    cache = cache or os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "cocomix",
+                                  "openai_sae")
+    location, layer = name.split("/")
+    path = os.path.join(cache, location, f"{layer}.pt")
+    if not os.path.exists(path):
+        url = f"{base_url}/{location}/autoencoders/{layer}.pt"
+        print(f"downloading {url} -> {path}")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        try:
+            with urllib.request.urlopen(url, timeout=60) as r, replacing(path) as tmp, open(tmp, "wb") as f:
+                shutil.copyfileobj(r, f)
+        except (OSError, ValueError) as e:  # URLError and HTTPError are OSErrors
+            raise ValueError(f"could not download {url} ({short(e)}): connect once, or download it by hand and "
+                             "give --init_from=openai:PATH/TO/LAYER.pt") from None
+    digest = hashlib.sha256(open(path, "rb").read()).hexdigest()
+    if sha256 and digest != sha256:
+        raise ValueError(f"{path} has SHA-256 {digest}, not the {sha256} asked for: delete it and download it again")
+    print(f"{path}: SHA-256 {digest}")
+    return path
 
 
 def load_openai_sae(path):
@@ -475,7 +516,8 @@ def main():
         sae.requires_grad_(True)
         state = {key: ckpt[key] for key in ("step", "tokens", "since_fired", "optimizer", "stream") if key in ckpt}
     elif from_openai:
-        sae, gpt2_layer = load_openai_sae(init_from[len("openai:"):])
+        source = init_from[len("openai:"):]
+        sae, gpt2_layer = load_openai_sae(source if source.endswith(".pt") else fetch_openai_sae(source, openai_sha256))
         run.update(teacher_path="gpt2", layer=gpt2_layer)
     teacher, teacher_record = load_teacher(run["teacher_path"], dev)
     teacher_meta = teacher_record["meta"]

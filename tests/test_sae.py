@@ -464,3 +464,25 @@ def test_an_sae_whose_teacher_or_data_changed_is_refused_for_resume_and_for_labe
                                        "changed)"
     open(meta_path, "w").write(json.dumps(meta))
     assert inputs_changed(ckpt) is None
+
+
+def test_a_released_openai_sae_is_fetched_once_into_the_cache_and_checked_by_its_hash(tmp_path, capsys):
+    """Offline: the 'server' is a file:// tree in OpenAI's layout."""
+    from sae import fetch_openai_sae
+    src = tmp_path / "server" / "resid_post_mlp_v5_32k" / "autoencoders"
+    src.mkdir(parents=True)
+    torch.save({"pre_bias": torch.zeros(4)}, src / "5.pt")
+    base, cache = f"file://{tmp_path / 'server'}", str(tmp_path / "cache")
+    path = fetch_openai_sae("resid_post_mlp_v5_32k/5", base_url=base, cache=cache)
+    assert open(path, "rb").read() == (src / "5.pt").read_bytes() and "downloading" in capsys.readouterr().out
+    import hashlib
+    digest = hashlib.sha256((src / "5.pt").read_bytes()).hexdigest()
+    assert fetch_openai_sae("resid_post_mlp_v5_32k/5", digest, base_url=base, cache=cache) == path
+    assert "downloading" not in capsys.readouterr().out  # the cache serves it
+    with pytest.raises(ValueError, match="not the 00 asked for: delete it and download it again"):
+        fetch_openai_sae("resid_post_mlp_v5_32k/5", "00", base_url=base, cache=cache)
+    with pytest.raises(ValueError, match="could not download .*/resid_post_mlp_v5_32k/autoencoders/7.pt"):
+        fetch_openai_sae("resid_post_mlp_v5_32k/7", base_url=base, cache=cache)
+    assert os.listdir(os.path.join(cache, "resid_post_mlp_v5_32k")) == ["5.pt"]  # no 7.pt, whole or half
+    with pytest.raises(ValueError, match="neither a file nor a released SAE's name"):
+        fetch_openai_sae("gpt2/../x", base_url=base, cache=cache)

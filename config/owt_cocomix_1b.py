@@ -1,6 +1,6 @@
 # The paper's CoCoMix-1.38B (Table 1): d=2048, concepts predicted and interleaved at block 5 (the official code's index).
 # Concepts: OpenAI's GPT-2 small SAE (32k latents, k=32, output of block 5), converted once with
-#   python sae.py --init_from=openai:PATH/TO/5.pt --out_dir=out/sae_gpt2
+#   python sae.py --init_from=openai:resid_post_mlp_v5_32k/5 --out_dir=out/sae_gpt2   (fetched, then checked)
 # Launch: torchrun --standalone --nproc_per_node=8 train.py config/owt_cocomix_1b.py
 out_dir = "out/owt_cocomix_1b"
 dataset = "openwebtext"

@@ -255,6 +255,8 @@ def main():
     if out and (os.path.isdir(out) or not os.path.isdir(os.path.dirname(out) or ".")):
         raise ValueError(f"cannot write --out={out}: name a file in an existing directory, e.g. "
                          f"--out={os.path.join(out if os.path.isdir(out) else '.', 'concepts.json')}")
+    print(f"encoding up to {eval_tokens:,} val tokens with the teacher and {sae_path}, then scoring every latent "
+          "against the planted concepts ...", flush=True)
     result = describe(sae_path, eval_tokens, n_contexts, context, match_auroc, dev)
     write_json(result, path)
     named = sum(lat["concept"] == lat["description"] for lat in result["latents"] if lat.get("concept"))

@@ -19,6 +19,7 @@ import json
 import math
 import os
 import re
+import time
 
 import numpy as np
 import torch
@@ -160,7 +161,7 @@ def steering_success(logits_fns, planted, meta, scales, n_samples, max_new_token
     concept = {c["name"]: c for c in meta["concepts"]}
     targets = [(ids(concept[p["name"]]["words"]), factor_ids[concept[p["name"]]["factor"]]) for p in planted]
     rows = torch.arange(len(planted), device=device).repeat_interleave(n_samples)
-    results = {}
+    results, t0, done, total = {}, time.time(), 0, len(logits_fns) * (1 + len(scales))
     for name, make_logits_fn in logits_fns.items():
         results[name] = {}
         for scale in [1.0, *scales]:
@@ -172,6 +173,9 @@ def steering_success(logits_fns, planted, meta, scales, n_samples, max_new_token
                                temperature, vocab_size=len(meta["itos"]))[:, 1:]
             results[name][scale] = [expresses(stories[rows == i], *t).float().mean().item()
                                     for i, t in enumerate(targets)]
+            done += 1  # a progress line per model and scale: the whole metric takes a minute or more on a CPU
+            print(f"  {name}, scale {scale:g}: {np.mean(results[name][scale]):.3f} of the stories express the steered "
+                  f"concept ({done}/{total}, {time.time() - t0:.0f}s)", flush=True)
     return results
 
 

@@ -133,6 +133,10 @@ def main():
     grid = {a: {lr: final_loss(f"{root}/grid/{a}_lr{lr}_s1") for lr in rates} for a in names}
     chosen = {a: min(rates, key=lambda lr: grid[a][lr]) for a in names}
     table = grid_table(grid, chosen)
+    edge = [a for a in names if len(rates) > 1 and chosen[a] in (min(rates, key=float), max(rates, key=float))]
+    if edge:  # the best rate may lie outside the grid: say so, in the table too
+        table += (f"\n\nAt the grid's edge: {', '.join(edge)}. A better rate may lie outside it: extend --lrs for "
+                  "every arm alike.")
     with replacing(f"{root}/grid.md") as tmp, open(tmp, "w") as f:
         f.write(table + "\n")
     print(table)

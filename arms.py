@@ -103,9 +103,6 @@ def grid_table(grid, chosen):
 def main():
     names, rates = arms.split(","), lrs.split(",")
     check(globals(), at_least=dict(n_seeds=1, max_iters=1, jobs=1, insert_layer=1))
-    for key in ("teacher_config", "sae_config", "ntp_config", "cocomix_config"):
-        if globals()[key] and not os.path.isfile(globals()[key]):
-            raise SystemExit(f"error: {key}={globals()[key]} not found: give a config file (see config/)")
     unknown = [a for a in names if a not in ARMS]
     if unknown:
         raise SystemExit(f"error: unknown arm(s) {', '.join(unknown)}: choose from {', '.join(ARMS)}")
@@ -115,6 +112,9 @@ def main():
         bad = rates
     if bad:
         raise SystemExit(f"error: lrs={lrs!r} must be positive numbers separated by commas, like 1e-3,2e-3,4e-3")
+    for key in ("teacher_config", "sae_config", "ntp_config", "cocomix_config"):
+        if globals()[key] and not os.path.isfile(globals()[key]):
+            raise SystemExit(f"error: {key}={globals()[key]} not found: give a config file (see config/)")
     t0 = time.time()
     meta, teacher, sae = teacher_and_sae(dataset, data_root, out_root, teacher_config, sae_config)
     root = f"{out_root}/arms"

@@ -217,6 +217,18 @@ ROWS = [
     ("pipeline.py", f"--dataset=nope {CONFIGS}", "data/nope not found: run `python prepare.py --dataset=nope` first"),
     ("pipeline.py", f"--data_root=pipe/data --out_root=pipe/out {CONFIGS}",
      "pipe/out/teacher holds a run the pipeline did not record"),
+    # arms.py: its arms, its grid and its configs, before any stage runs
+    ("arms.py", "--arms=ntp,foo", "unknown arm(s) foo: choose from ntp, kd, pause"),
+    ("arms.py", "--lrs=2e-3,fast", "lrs='2e-3,fast' must be positive numbers separated by commas"),
+    ("arms.py", "--lrs=0", "lrs='0' must be positive numbers"),
+    ("arms.py", "--jobs=0", "jobs=0 must be at least 1"),
+    ("arms.py", f"{CONFIGS} --ntp_config=nope.py", "ntp_config=nope.py not found"),
+    ("arms.py", f"--data_root=pipe/data --out_root=pipe/out {CONFIGS}",
+     "pipe/out/teacher holds a run the pipeline did not record"),
+    # labels.py: its settings and the SAE it reads
+    ("labels.py", "--block_size=0", "block_size=0 must be at least 1"),
+    ("labels.py", "--sae_path=nope/sae.pt", "nope/sae.pt not found"),
+    ("labels.py", "--dataset=nope", "data/nope/train.bin not found: run `python prepare.py --dataset=nope` first"),
 ]
 
 

@@ -186,10 +186,8 @@ def sae_from_openai(sd):
     return sae
 
 
-OPENAI_SAE_URL = "https://openaipublic.blob.core.windows.net/sparse-autoencoder/gpt2-small"  # az://openaipublic/...
-
-
-def fetch_openai_sae(name, sha256="", base_url=OPENAI_SAE_URL, cache=None):
+def fetch_openai_sae(name, sha256="", cache=None,
+                     base_url="https://openaipublic.blob.core.windows.net/sparse-autoencoder/gpt2-small"):  # az://...
     """The local path of OpenAI's released GPT-2 SAE `name` ("resid_post_mlp_v5_32k/5": location_version/layer),
     downloaded over HTTPS into cache (default ~/.cache/cocomix/openai_sae, or $XDG_CACHE_HOME) on first use, whole
     or not at all. sha256, if given, must match the file (checked on every use); the file's hash is printed.

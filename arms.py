@@ -3,8 +3,8 @@ The fair comparison: CoCoMix against the paper's baselines and controls (Table 1
 learning rate that is good for it. Every arm sees the same tokens; its learning rate is the best of a grid by
 seed-1 validation loss; then it is trained on n_seeds seeds at that rate.
 
-    python arms.py                                      # the README's comparison: 9 arms x 3 rates, then 2
-                                                        # more seeds each (45 runs, hours on 2 CPU cores)
+    python arms.py                                      # the README's comparison: 9 arms x 5 rates, then 2
+                                                        # more seeds each (63 runs, hours on 2 CPU cores)
     python arms.py --arms=ntp,kd --lrs=2e-3 --n_seeds=1 # a part of it
 
 The arms, at the student sizes of config/concepts_ntp.py (width 108) and config/concepts_cocomix.py (width 96,
@@ -42,7 +42,7 @@ dataset = "concepts"
 data_root = "data"
 out_root = "out"
 arms = "ntp,kd,pause,kd_pause,regress,regress_cosine,cocomix,cocomix_activation,cocomix_prediction"  # of ARMS
-lrs = "1e-3,2e-3,4e-3"      # the learning-rate grid, run on seed 1
+lrs = "5e-4,1e-3,2e-3,4e-3,8e-3"  # the learning-rate grid, run on seed 1 (3 values left every arm at an edge)
 n_seeds = 3                 # seeds at each arm's chosen rate
 max_iters = 1000            # the token budget: max_iters x 32 x 64 tokens
 jobs = 2                    # trainings at once

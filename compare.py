@@ -34,19 +34,9 @@ COLUMNS = [("val", "ppl", "Val"), ("lambada_openai", "ppl", "LAMB"), ("wikitext"
            ("arc_easy", "acc", "ARC-E"), ("winogrande", "acc", "WinoG"), ("concept_probes", "acc", "Probes")]
 PPL = ("ppl", "word_perplexity")  # the lower-is-better metrics among them
 # One colour per method in every plot and notebook (steer.COLORS repeats cocomix and teacher for the steering
-# plots, which sit below this file); other methods take the colours left, in order of appearance
+# plots, which sit below this file); other methods take matplotlib's next colour
 COLORS = {"ntp": "C0", "cocomix": "C1", "kd": "C2", "pause": "C3", "kd_pause": "C4", "regress": "C5",
           "cocomix_activation": "C6", "teacher": "C7", "regress_cosine": "C8", "cocomix_prediction": "C9"}
-
-
-def color(method, _extra={}):
-    """The colour of a method (COLORS; others get the remaining matplotlib colours, one each)."""
-    if method in COLORS:
-        return COLORS[method]
-    if method not in _extra:
-        free = [f"C{i}" for i in range(10) if f"C{i}" not in COLORS.values()] + [f"C{i}" for i in range(10)]
-        _extra[method] = free[len(_extra) % len(free)]
-    return _extra[method]
 
 
 def run_name(run_dir):
@@ -184,9 +174,9 @@ def plot_curves(groups, ax, key="val_loss", x="tokens"):
         if key not in runs[0][-1] or xs is None:
             continue
         keep = xs > 0  # the untrained model's loss at 0 tokens squashes the interesting part
-        ax.plot(xs[keep] / scale, mean[keep], color=color(method),
+        ax.plot(xs[keep] / scale, mean[keep], color=COLORS.get(method),
                 label=f"{method} ({len(runs)} seed{'s' * (len(runs) > 1)})")
-        ax.fill_between(xs[keep] / scale, (mean - std)[keep], (mean + std)[keep], color=color(method), alpha=0.25)
+        ax.fill_between(xs[keep] / scale, (mean - std)[keep], (mean + std)[keep], color=COLORS.get(method), alpha=0.25)
     ax.set_xlabel(label)
     ax.set_ylabel(key.replace("_", " "))
     ax.legend(fontsize=8)
@@ -202,7 +192,7 @@ def plot_tokens_needed(groups, ax, baseline="ntp"):
     for method, runs in groups.items():
         tokens, loss, _ = curve(runs)
         ratio = np.array([tokens_to_reach(tokens, loss, t) or np.nan for t in targets]) / base_reach
-        ax.plot(targets, ratio, color=color(method), label=method)
+        ax.plot(targets, ratio, color=COLORS.get(method), label=method)
     ax.axhline(1.0, color="grey", lw=0.8, ls=":")
     ax.invert_xaxis()  # training goes left to right
     ax.set_xlabel(f"validation loss reached ({baseline}'s curve)")

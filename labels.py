@@ -14,7 +14,6 @@ token: 8 for the paper's k_attr = 4.
 Writes <the SAE's directory>/labels/<dataset>_<concept_method>_k<k_attr>_T<block_size>/{train,val}.bin and
 labels.json (the fingerprint, and the shape of each split).
 """
-import hashlib
 import json
 import os
 import time
@@ -26,6 +25,7 @@ from checkpoint import replacing, write_json
 from configurator import check, configure, resolve_device
 from prepare import check_splits, fingerprint, load_meta
 from sae import load_concept_extractor
+from teacher import weights_hash
 
 # -----------------------------------------------------------------------------
 sae_path = "out/sae/sae.pt"
@@ -45,13 +45,6 @@ def cache_dir(sae_path, dataset, method, k_attr, block_size):
     """Where the labels of these settings live: next to the SAE they come from."""
     root = os.path.dirname(sae_path) if sae_path.endswith(".pt") else sae_path
     return os.path.join(root, "labels", f"{dataset}_{method}_k{k_attr}_T{block_size}")
-
-
-def weights_hash(module):
-    weights = hashlib.sha256()
-    for t in module.state_dict().values():
-        weights.update(t.detach().cpu().reshape(-1).view(torch.uint8).numpy())
-    return weights.hexdigest()[:16]
 
 
 def cache_key(extractor, meta, block_size):

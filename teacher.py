@@ -48,11 +48,15 @@ def teacher_identity(spec, teacher, record):
     iteration it reached and a hash of its weights (a teacher retrained with another seed differs only there)."""
     if spec.startswith("gpt2"):
         return spec
+    return {"data": fingerprint(record["meta"]), "iter_num": record.get("iter_num"), "weights": weights_hash(teacher)}
+
+
+def weights_hash(module):
+    """A 16-hex-digit hash of a module's weights, bit for bit."""
     weights = hashlib.sha256()
-    for t in teacher.state_dict().values():
+    for t in module.state_dict().values():
         weights.update(t.detach().cpu().reshape(-1).view(torch.uint8).numpy())
-    return {"data": fingerprint(record["meta"]), "iter_num": record.get("iter_num"),
-            "weights": weights.hexdigest()[:16]}
+    return weights.hexdigest()[:16]
 
 
 def changed_inputs(ckpt, teacher_id, data_id=None):

@@ -200,10 +200,10 @@ def get_batch(split, it, micro):
     g = torch.Generator().manual_seed(seed * 1_000_003 + 2 * it + (split == "val"))
     n = gradient_accumulation_steps * batch_size
     if label_cache is None:
-        ix = torch.randint(len(data) - block_size, (n,), generator=g)[micro * batch_size:(micro + 1) * batch_size]
-    else:
+        ix = torch.randint(len(data) - block_size, (n,), generator=g)
+    else:  # whole grid windows, the ones labels.py labelled
         ix = block_size * torch.randint(n_windows(len(data), block_size), (n,), generator=g)
-        ix = ix[micro * batch_size:(micro + 1) * batch_size]
+    ix = ix[micro * batch_size:(micro + 1) * batch_size]
     x = torch.stack([torch.from_numpy(data[i:i + block_size].astype(np.int64)) for i in ix])
     y = torch.stack([torch.from_numpy(data[i + 1:i + 1 + block_size].astype(np.int64)) for i in ix])
     labels = None if label_cache is None else as_labels(label_cache[split][(ix // block_size).numpy()])

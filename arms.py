@@ -1,10 +1,12 @@
 """
 The fair comparison: CoCoMix against the paper's baselines and controls (Table 1 and Fig. 6), each arm at a
 learning rate that is good for it. Every arm sees the same tokens; its learning rate is the best of a grid by
-seed-1 validation loss; then it is trained on n_seeds seeds at that rate.
+seed-1 validation loss, a grid that grows past its edge while the best rate lies there; then the arm is trained
+on n_seeds seeds at that rate.
 
-    python arms.py                                      # the README's comparison: 9 arms x 5 rates, then 2
-                                                        # more seeds each (63 runs, hours on 2 CPU cores)
+    python arms.py                                      # the README's comparison: 9 arms x 3 rates (more where
+                                                        # an arm's best is at an edge), then 2 more seeds each
+                                                        # (45 runs or more: hours on 2 CPU cores)
     python arms.py --arms=ntp,kd --lrs=2e-3 --n_seeds=1 # a part of it
 
 The arms, at the student sizes of config/concepts_ntp.py (width 108) and config/concepts_cocomix.py (width 96,
@@ -42,7 +44,8 @@ dataset = "concepts"
 data_root = "data"
 out_root = "out"
 arms = "ntp,kd,pause,kd_pause,regress,regress_cosine,cocomix,cocomix_activation,cocomix_prediction"  # of ARMS
-lrs = "5e-4,1e-3,2e-3,4e-3,8e-3"  # the learning-rate grid, run on seed 1 (3 values left every arm at an edge)
+lrs = "1e-3,2e-3,4e-3"      # the learning-rate grid, run on seed 1 for every arm
+max_extend = 2              # times an arm's grid grows by a factor 2 past the edge its best rate is at
 n_seeds = 3                 # seeds at each arm's chosen rate
 max_iters = 1000            # the token budget: max_iters x 32 x 64 tokens
 jobs = 2                    # trainings at once
@@ -60,6 +63,7 @@ ARMS = {"ntp": (True, []), "kd": (True, KD), "pause": (True, ["--mode=pause"]),
         "regress_cosine": (False, ["--mode=regress", "--regress_loss=cosine"]), "cocomix": (False, []),
         "cocomix_activation": (False, ["--concept_method=activation"]),
         "cocomix_prediction": (False, ["--mixing=none"])}
+MINUTES = {True: 4, False: 8}  # one 1,000-iteration run at NTP's width (True) or CoCoMix's, 2 at once, 1 thread each
 
 
 def final_loss(run):
@@ -89,6 +93,27 @@ def run_all(runs):
             pass
 
 
+def past_edge(losses):
+    """The next rate past the grid's edge if the best of losses {lr: loss} lies at that edge (half the lowest, or
+    twice the highest), else None. Needs 2 rates or more."""
+    rates = sorted(losses, key=float)
+    best = min(rates, key=losses.get)
+    if len(rates) < 2 or best not in (rates[0], rates[-1]):
+        return None
+    return rate_name(float(best) / 2 if best == rates[0] else float(best) * 2)
+
+
+def rate_name(lr):
+    """A learning rate as the grid names it: 0.008 -> '8e-3', 0.00025 -> '2.5e-4'."""
+    mantissa, exponent = f"{lr:e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+
+
+def estimate(names, runs_per_arm):
+    """Minutes that runs_per_arm runs of each arm take, 2 at once on a quiet 2-core CPU (MINUTES)."""
+    return round(sum(MINUTES[ARMS[a][0]] for a in names) * runs_per_arm / 2)
+
+
 def grid_table(grid, chosen):
     """Markdown: seed-1 final val loss of every arm at every rate, the chosen rate in bold."""
     rates = sorted({lr for arm in grid.values() for lr in arm}, key=float)
@@ -102,7 +127,7 @@ def grid_table(grid, chosen):
 
 def main():
     names, rates = arms.split(","), lrs.split(",")
-    check(globals(), at_least=dict(n_seeds=1, max_iters=1, jobs=1, insert_layer=1))
+    check(globals(), at_least=dict(n_seeds=1, max_iters=1, jobs=1, insert_layer=1, max_extend=0))
     unknown = [a for a in names if a not in ARMS]
     if unknown:
         raise SystemExit(f"error: unknown arm(s) {', '.join(unknown)}: choose from {', '.join(ARMS)}")
@@ -128,15 +153,24 @@ def main():
         return (f"{arm} lr {lr} seed {seed}", [config, *common, *extra, f"--learning_rate={lr}", f"--seed={seed}"],
                 out_dir, [config, meta, sae, teacher])
 
-    print(f"== grid: {len(names)} arms x {len(rates)} learning rates, seed 1, {jobs} at once")
-    run_all([spec(a, lr, 1, f"{root}/grid/{a}_lr{lr}_s1") for a in names for lr in rates])
-    grid = {a: {lr: final_loss(f"{root}/grid/{a}_lr{lr}_s1") for lr in rates} for a in names}
-    chosen = {a: min(rates, key=lambda lr: grid[a][lr]) for a in names}
+    print(f"== grid: {len(names)} arms x {len(rates)} learning rates, seed 1, {jobs} at once; an arm best at an "
+          f"edge gets the next rate past it, up to {max_extend} times (about {estimate(names, len(rates))} min on 2 quiet "
+          "cores before any extension)")
+    grid = {a: {} for a in names}
+    pending = [(a, lr) for a in names for lr in rates]
+    for _ in range(max_extend + 1):
+        run_all([spec(a, lr, 1, f"{root}/grid/{a}_lr{lr}_s1") for a, lr in pending])
+        for a, lr in pending:
+            grid[a][lr] = final_loss(f"{root}/grid/{a}_lr{lr}_s1")
+        pending = [(a, lr) for a in names if (lr := past_edge(grid[a])) is not None]
+        if not pending:
+            break
+    chosen = {a: min(grid[a], key=grid[a].get) for a in names}
     table = grid_table(grid, chosen)
-    edge = [a for a in names if len(rates) > 1 and chosen[a] in (min(rates, key=float), max(rates, key=float))]
+    edge = [a for a in names if past_edge(grid[a]) is not None]
     if edge:  # the best rate may lie outside the grid: say so, in the table too
-        table += (f"\n\nAt the grid's edge: {', '.join(edge)}. A better rate may lie outside it: extend --lrs for "
-                  "every arm alike.")
+        table += (f"\n\nStill at the grid's edge after {max_extend} extensions: {', '.join(edge)}. A better rate "
+                  "may lie outside it: raise --max_extend.")
     with replacing(f"{root}/grid.md") as tmp, open(tmp, "w") as f:
         f.write(table + "\n")
     print(table)
@@ -147,7 +181,8 @@ def main():
         if os.path.islink(link):
             os.remove(link)
         os.symlink(f"grid/{a}_lr{chosen[a]}_s1", link)
-    print(f"== seeds 2..{n_seeds} at each arm's chosen rate, {jobs} at once")
+    print(f"== seeds 2..{n_seeds} at each arm's chosen rate, {jobs} at once (about "
+          f"{estimate(names, n_seeds - 1)} min on 2 quiet cores)")
     run_all([spec(a, chosen[a], s, f"{root}/{a}_s{s}") for s in range(2, n_seeds + 1) for a in names])
     from compare import compare_training
     compare_training(root, [f"{root}/{a}_s{s}" for a in names for s in range(1, n_seeds + 1)])

@@ -170,7 +170,7 @@ def test_arms_pick_each_arms_rate_by_seed_1_and_compare_all_seeds_with_flops(tin
     root, _, _ = tiny_run
     out_root, arms = root / "out", "ntp,kd,pause,kd_pause,regress,cocomix"
     p = run_script("arms.py", f"--data_root={root / 'data'}", f"--out_root={out_root}", f"--arms={arms}",
-                   "--lrs=1e-3,3e-3", "--n_seeds=2", "--max_iters=10", "--insert_layer=1",
+                   "--lrs=1e-3,3e-3", "--max_extend=0", "--n_seeds=2", "--max_iters=10", "--insert_layer=1",
                    *(f"--{name}_config={root / name}.py" for name in ("teacher", "sae", "ntp", "cocomix")))
     assert "== teacher: finished" in p.stdout and "== sae: finished" in p.stdout
     grid = (out_root / "arms" / "grid.md").read_text()
@@ -185,6 +185,32 @@ def test_arms_pick_each_arms_rate_by_seed_1_and_compare_all_seeds_with_flops(tin
     assert "| ntp | 2 |" in table and "| cocomix | 2 |" in table and "FLOPs to reach ntp" in table
     assert table.split("| ntp | 2 |")[1].split("\n")[0].count("—") == 2  # the baseline against itself
     rerun = run_script("arms.py", f"--data_root={root / 'data'}", f"--out_root={out_root}", f"--arms={arms}",
-                       "--lrs=1e-3,3e-3", "--n_seeds=2", "--max_iters=10", "--insert_layer=1",
+                       "--lrs=1e-3,3e-3", "--max_extend=0", "--n_seeds=2", "--max_iters=10", "--insert_layer=1",
                        *(f"--{name}_config={root / name}.py" for name in ("teacher", "sae", "ntp", "cocomix")))
     assert rerun.stdout.count("finished with these settings and inputs") == 2 + 6 * 3  # nothing retrained
+
+
+def test_an_arm_best_at_its_grids_edge_gets_the_next_rate_past_that_edge(tiny_run):
+    """The grid grows by a factor 2 past the edge the best rate is at, max_extend times, and the chosen rate is the
+    best of the grown grid."""
+    root, _, _ = tiny_run
+    out_root = root / "out_extend"
+    p = run_script("arms.py", f"--data_root={root / 'data'}", f"--out_root={out_root}", "--arms=ntp",
+                   "--lrs=1e-3,3e-3", "--max_extend=1", "--n_seeds=1", "--max_iters=10",
+                   *(f"--{name}_config={root / name}.py" for name in ("teacher", "sae", "ntp", "cocomix")))
+    runs = sorted(d.name for d in (out_root / "arms" / "grid").iterdir())
+    loss = {r.split("_lr")[1][:-3]: json.loads((out_root / "arms" / "grid" / r / "metrics.jsonl").read_text()
+                                               .splitlines()[-1])["val_loss"] for r in runs}
+    first = min(("1e-3", "3e-3"), key=loss.get)
+    assert set(loss) == {"1e-3", "3e-3", "5e-4" if first == "1e-3" else "6e-3"}  # one step past the best's edge
+    assert os.readlink(out_root / "arms" / "ntp_s1") == f"grid/ntp_lr{min(loss, key=loss.get)}_s1"
+    assert ("Still at the grid's edge" in p.stdout) == (min(loss, key=loss.get) != first)
+
+
+def test_rates_past_the_edge_and_their_names():
+    from arms import past_edge, rate_name
+    assert past_edge({"1e-3": 2.0, "2e-3": 1.5, "4e-3": 1.6}) is None  # best inside the grid
+    assert past_edge({"1e-3": 2.0, "2e-3": 1.5, "4e-3": 1.4}) == "8e-3"
+    assert past_edge({"5e-4": 1.0, "1e-3": 2.0, "2e-3": 3.0}) == "2.5e-4"
+    assert past_edge({"1e-3": 1.0}) is None
+    assert [rate_name(x) for x in (0.008, 0.00025, 0.016, 1e-3)] == ["8e-3", "2.5e-4", "1.6e-2", "1e-3"]

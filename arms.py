@@ -74,17 +74,22 @@ def final_loss(run):
 
 def run_all(runs):
     """Train each (name, args, out_dir, inputs) of runs, `jobs` at once; stop at the first failure. After each run,
-    a progress line: runs done, minutes so far, and the minutes left at the pace so far."""
+    a progress line: runs done, minutes so far, and the minutes left at the pace of the runs trained so far (runs
+    already done and skipped do not count)."""
     threads = max(1, (os.cpu_count() or 1) // jobs)
-    t0, done = time.time(), []
+    t0, done, trained = time.time(), [], []
 
     def train(r):
+        start = time.time()
         stage(r[0], ["train.py", *r[1], f"--out_dir={r[2]}"], r[2], ["ckpt.pt", "metrics.jsonl"], r[3], **TRAIN,
               log=os.path.join(r[2], "train.log"), threads=threads)
         done.append(r[0])
-        minutes = (time.time() - t0) / 60
-        print(f"== {len(done)}/{len(runs)} runs done, {minutes:.1f} min, about "
-              f"{minutes / len(done) * (len(runs) - len(done)):.0f} min left at this pace", flush=True)
+        if time.time() - start > 5:  # it trained, not skipped
+            trained.append((time.time() - start) / 60)
+        left = len(runs) - len(done)
+        pace = (f"about {sum(trained) / len(trained) * left / jobs:.0f} min left at this pace" if trained else
+                "no run trained yet")
+        print(f"== {len(done)}/{len(runs)} runs done, {(time.time() - t0) / 60:.1f} min, {pace}", flush=True)
 
     for r in runs:
         os.makedirs(r[2], exist_ok=True)

@@ -1,10 +1,15 @@
 """torch.compile of every student variant train.py builds: the forward compiles as one graph (fullgraph=True: a
 graph break fails), and forward and backward agree with eager. Dynamo with the aot_eager backend checks every
-variant quickly; inductor, which train.py's --compile uses, compiles CoCoMix itself."""
+variant quickly; inductor, which train.py's --compile uses, compiles CoCoMix itself and the teacher's blocks for the
+concept labels."""
 import pytest
 import torch
+from torch._dynamo.utils import counters
 
 from model import GPT, GPTConfig
+from sae import ConceptExtractor
+from teacher import compile_blocks
+from test_sae import tiny_sae, tiny_teacher
 
 TINY = dict(block_size=16, vocab_size=64, n_layer=3, n_head=2, n_embd=32)
 VARIANTS = {
@@ -62,3 +67,16 @@ def test_every_student_compiles_as_one_graph_and_matches_eager(name, one_thread)
 
 def test_inductor_compiles_cocomix_to_eager_precision(one_thread):
     check_compiled_matches_eager(VARIANTS["cocomix"], "inductor", 1e-4)
+
+
+def test_a_teacher_with_compiled_blocks_gives_the_eager_concept_labels(one_thread):
+    torch._dynamo.reset()
+    idx = torch.randint(0, 24, (4, 16), generator=torch.Generator().manual_seed(0))
+    eager = ConceptExtractor(tiny_teacher(), tiny_sae(), 1, k_attr=4)
+    compiled = ConceptExtractor(compile_blocks(tiny_teacher()), tiny_sae(), 1, k_attr=4)
+    labels = eager(idx)
+    counters.clear()
+    assert (labels >= 0).any() and torch.equal(compiled(idx), labels)
+    assert counters["frames"]["ok"] >= 2  # the blocks ran compiled: under no_grad (hidden) and with grad
+    with torch.no_grad():  # evaluation's grad mode: the compiled blocks recompile for it
+        assert torch.equal(compiled(idx), labels)

@@ -117,3 +117,18 @@ def test_compile_true_trains_on_cpu_to_the_eager_losses(tiny_dataset, tmp_path):
         run_script("train.py", *args, f"--compile={flag}", f"--out_dir={tmp_path / flag}")
         losses[flag] = [json.loads(r)["val_loss"] for r in (tmp_path / flag / "metrics.jsonl").read_text().splitlines()]
     assert losses["True"] == pytest.approx(losses["False"], abs=1e-4)
+
+
+def test_compile_true_trains_cocomix_with_a_kd_teacher_to_the_eager_losses(tiny_run, tmp_path):
+    """--compile also compiles the teacher's blocks (the labels' teacher and the KD teacher): same losses."""
+    root, _, _ = tiny_run
+    args = [str(root / "cocomix.py"), f"--data_root={root / 'data'}", f"--sae_path={root / 'out' / 'sae' / 'sae.pt'}",
+            "--lam_kd=0.1", f"--teacher_path={root / 'out' / 'teacher'}", "--max_iters=2", "--eval_interval=2",
+            "--eval_iters=1"]
+    rows = {}
+    for flag in ("True", "False"):
+        run_script("train.py", *args, f"--compile={flag}", f"--out_dir={tmp_path / flag}")
+        rows[flag] = json.loads((tmp_path / flag / "metrics.jsonl").read_text().splitlines()[-1])
+    for key in ("val_loss", "val_concept_loss", "val_kd_loss"):
+        assert rows["True"][key] == pytest.approx(rows["False"][key], abs=1e-4), key
+    assert rows["True"]["val_concept_acc"] == rows["False"]["val_concept_acc"]  # the same labels

@@ -1,6 +1,8 @@
 """
-Time one training step of NTP and of CoCoMix on the same shapes, and the concept labelling (teacher + SAE)
-separately. Random tokens and random weights: speed does not depend on what the model knows.
+Time one training step of NTP and of CoCoMix on the same shapes, and the concept labelling separately: online
+(teacher + SAE; with --compile, also with the teacher's blocks compiled) and read from labels.py's cache. Random
+tokens and random weights: speed does not depend on what the model knows. With --compile, also the first
+(compiling) step's seconds and the eager/compiled ratio.
 
     python bench.py                                                  # the embedded default's students, CPU
     python bench.py --ntp_config=config/owt_ntp_69m.py --cocomix_config=config/owt_cocomix_69m.py \
@@ -15,13 +17,17 @@ import os
 import resource
 import runpy
 import sys
+import tempfile
 import time
 
+import numpy as np
 import torch
 
 from configurator import autocast_for, configure, resolve_device
 from model import GPT, GPTConfig
+from labels import as_labels
 from sae import SAE, ConceptExtractor
+from teacher import compile_blocks
 
 # -----------------------------------------------------------------------------
 ntp_config = "config/concepts_ntp.py"
@@ -49,6 +55,15 @@ def model_config(path, **extra):
     cfg = runpy.run_path(path)
     keys = ("n_layer", "n_head", "n_embd", "block_size", "k_concepts", "insert_layer", "mixing")
     return GPTConfig(**{"vocab_size": vocab_size, **{k: cfg[k] for k in keys if k in cfg}, **extra})
+
+
+def label_cache(labels, directory):
+    """labels.py's cache format, for timing reads from it: 64 copies of labels (B, T, k_attr) in a uint16 memmap
+    in directory, -1 stored as 65535 (NONE)."""
+    cache = np.memmap(os.path.join(directory, "labels.bin"), dtype=np.uint16, mode="w+",
+                      shape=(64 * labels.size(0), *labels.shape[1:]))
+    cache[:] = np.tile(labels.cpu().numpy().astype(np.uint16), (64, 1, 1))  # int64 -1 wraps to 65535
+    return cache
 
 
 def timed(fn, sync):
@@ -166,7 +181,9 @@ def main():
     print(f"device {dev} ({torch.cuda.get_device_name(dev) if dev_type == 'cuda' else 'cpu'}), {ptdtype}, "
           f"batch {batch_size} x {T} tokens, {torch.get_num_threads()} CPU threads")
 
-    def step_time(model, lam, compiled):
+    first = {}  # seconds of the first, compiling step
+
+    def step_time(name, model, lam, compiled):
         """Seconds per optimisation step (forward, backward, AdamW) of model, compiled or eager."""
         optimizer = model.configure_optimizers(0.1, 1e-4, (0.9, 0.95), dev_type)
         fwd = torch.compile(model) if compiled else model
@@ -178,6 +195,11 @@ def main():
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+        if compiled:  # the compilation's cost, paid once per run
+            t0 = time.perf_counter()
+            step()
+            sync()
+            first[name] = time.perf_counter() - t0
         return timed(step, sync)
 
     def measured(fn, *args):
@@ -191,20 +213,32 @@ def main():
     resident = torch.cuda.memory_allocated(dev) if dev_type == "cuda" else None  # all three models, X, Y, labels
     results, peaks = {}, {}
     for name, model, lam in (("ntp", ntp, 0.0), ("cocomix", cocomix, 0.1)):
-        results[name], peaks[name] = measured(step_time, model, lam, use_compile)
+        results[name], peaks[name] = measured(step_time, name, model, lam, use_compile)
     if use_compile and dev_type == "cpu":  # what train.py's CPU default rests on: the same steps, eager
-        eager = {name: step_time(model, lam, False) for name, model, lam in (("ntp", ntp, 0.0), ("cocomix", cocomix, 0.1))}
+        eager = {name: step_time(name, model, lam, False) for name, model, lam in (("ntp", ntp, 0.0), ("cocomix", cocomix, 0.1))}
         print("eager / compiled step time on CPU: " +
               ", ".join(f"{name} {eager[name] / results[name]:.2f}x" for name in results))
     label_time, peaks["labelling"] = measured(timed, lambda: extractor(X), sync)
+    with tempfile.TemporaryDirectory() as tmp:  # a batch of random windows as train.py reads them from the cache
+        cache, ix = label_cache(labels, tmp), np.random.default_rng(seed).integers(64 * batch_size, size=batch_size)
+        assert torch.equal(as_labels(cache[:batch_size]).to(dev), labels)  # the cache holds what it was given
+        cached_time = timed(lambda: as_labels(cache[ix]).to(dev), sync)
+    if use_compile:  # train.py's --compile compiles the teacher's blocks too
+        compile_blocks(teacher)
+        compiled_label_time = timed(lambda: extractor(X), sync)
 
     tokens = batch_size * T
     flops = {name: m.flops_per_token(T) for name, m in (("ntp", ntp), ("cocomix", cocomix))}
     print(f"{'':28s}{'ms/step':>10s}{'tokens/s':>12s}")
     rows = [("NTP step", results["ntp"]), ("CoCoMix step (model only)", results["cocomix"]),
             ("concept labelling", label_time), ("CoCoMix step + labelling", results["cocomix"] + label_time)]
+    if use_compile:
+        rows.insert(3, ("labelling, teacher compiled", compiled_label_time))
+    rows.insert(3, ("labels from the cache", cached_time))
     for name, t in rows:
         print(f"{name:28s}{t * 1e3:10.1f}{tokens / t:12,.0f}")
+    if use_compile:
+        print("first (compiling) step: " + ", ".join(f"{name} {first[name]:.1f} s" for name in first))
     print(f"parameters: NTP {ntp.get_num_params() / 1e6:.2f}M, CoCoMix {cocomix.get_num_params(activated=True) / 1e6:.2f}M "
           f"activated ({cocomix.get_num_params() / 1e6:.2f}M stored), teacher {teacher.get_num_params() / 1e6:.2f}M")
     print(f"CoCoMix / NTP step time: {results['cocomix'] / results['ntp']:.2f}x model only, "

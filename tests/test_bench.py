@@ -48,6 +48,7 @@ def test_memory_table_mode_prints_a_markdown_table_and_times_nothing():
 
 def test_bench_prints_its_peak_memory_on_cpu_as_the_process_peak_rss():
     out = run_script("bench.py", "--steps=1", "--warmup=1", "--batch_size=2").stdout
+    assert "labels from the cache" in out and "concept labelling" in out  # online against cached, one run
     line = next(line for line in out.splitlines() if line.startswith("peak memory"))
     assert "CPU" in line and "ru_maxrss" in line
     assert int(re.search(r"([\d,]+) MiB", line).group(1).replace(",", "")) > 0

@@ -23,7 +23,8 @@ whose activated parameters the 108 matches):
     cocomix_prediction  concept prediction only, no mixing (Fig. 6d)
 
 Writes into out_root/arms: grid/<arm>_lr<lr>_s1 (the grid runs), <arm>_s<seed> (each arm at its chosen rate;
-seed 1 is a link to its grid run), grid.md (every grid loss and each arm's rate), and compare.md and compare.png
+seed 1 is a link to its grid run), grid.md (every grid loss and each arm's rate), chosen.json (the rates), and
+compare.md and compare.png
 (compare.py: losses with seed spread, tokens and FLOPs to reach NTP's final loss). It first runs the pipeline's
 teacher and SAE stages (out_root/teacher, out_root/sae). Stages are stamped and skipped when done, like the
 pipeline's. `jobs` trainings run at once, each on cores/jobs threads, with their output in <run>/train.log;
@@ -72,7 +73,18 @@ def final_loss(run):
         return json.loads(f.readlines()[-1])["val_loss"]
 
 
-def run_all(runs):
+def run_spec(arm, lr, seed, out_dir, common, inputs, configs, pause_layer):
+    """(name, train.py args, out_dir, the files it reads) of one run of `arm` at rate lr and seed, for run_all.
+    common: the flags every run shares (data, budget, teacher, SAE); inputs: the files behind them; configs: the
+    config files at NTP's width and at CoCoMix's; pause_layer: the pause arms' insert_layer."""
+    ntp_width, extra = ARMS[arm]
+    config = configs[0] if ntp_width else configs[1]
+    extra = [*extra, f"--insert_layer={pause_layer}"] if "--mode=pause" in extra else extra
+    return (f"{arm} lr {lr} seed {seed}", [config, *common, *extra, f"--learning_rate={lr}", f"--seed={seed}"],
+            out_dir, [config, *inputs])
+
+
+def run_all(runs, jobs):
     """Train each (name, args, out_dir, inputs) of runs, `jobs` at once; stop at the first failure. After each run,
     a progress line: runs done, minutes so far, and the minutes left at the pace of the runs trained so far (runs
     already done and skipped do not count)."""
@@ -152,19 +164,16 @@ def main():
               f"--sae_path={sae}", f"--teacher_path={os.path.dirname(teacher)}"]
 
     def spec(arm, lr, seed, out_dir):
-        ntp_width, extra = ARMS[arm]
-        config = ntp_config if ntp_width else cocomix_config
-        extra = [*extra, f"--insert_layer={insert_layer}"] if "--mode=pause" in extra else extra
-        return (f"{arm} lr {lr} seed {seed}", [config, *common, *extra, f"--learning_rate={lr}", f"--seed={seed}"],
-                out_dir, [config, meta, sae, teacher])
+        return run_spec(arm, lr, seed, out_dir, common, [meta, sae, teacher], (ntp_config, cocomix_config),
+                        insert_layer)
 
     print(f"== grid: {len(names)} arms x {len(rates)} learning rates, seed 1, {jobs} at once; an arm best at an "
-          f"edge gets the next rate past it, up to {max_extend} times (about {estimate(names, len(rates))} min on 2 quiet "
-          "cores before any extension)")
+          f"edge gets the next rate past it, up to {max_extend} times (about {estimate(names, len(rates))} min on 2 "
+          "quiet cores before any extension)")
     grid = {a: {} for a in names}
     pending = [(a, lr) for a in names for lr in rates]
     for _ in range(max_extend + 1):
-        run_all([spec(a, lr, 1, f"{root}/grid/{a}_lr{lr}_s1") for a, lr in pending])
+        run_all([spec(a, lr, 1, f"{root}/grid/{a}_lr{lr}_s1") for a, lr in pending], jobs)
         for a, lr in pending:
             grid[a][lr] = final_loss(f"{root}/grid/{a}_lr{lr}_s1")
         pending = [(a, lr) for a in names if (lr := past_edge(grid[a])) is not None]
@@ -178,6 +187,8 @@ def main():
                   "may lie outside it: raise --max_extend.")
     with replacing(f"{root}/grid.md") as tmp, open(tmp, "w") as f:
         f.write(table + "\n")
+    with replacing(f"{root}/chosen.json") as tmp, open(tmp, "w") as f:  # what payoff.py trains each arm at
+        json.dump(chosen, f, indent=1)
     print(table)
     for a in names:  # seed 1 at the chosen rate is the grid's run
         link = f"{root}/{a}_s1"
@@ -188,7 +199,7 @@ def main():
         os.symlink(f"grid/{a}_lr{chosen[a]}_s1", link)
     print(f"== seeds 2..{n_seeds} at each arm's chosen rate, {jobs} at once (about "
           f"{estimate(names, n_seeds - 1)} min on 2 quiet cores)")
-    run_all([spec(a, chosen[a], s, f"{root}/{a}_s{s}") for s in range(2, n_seeds + 1) for a in names])
+    run_all([spec(a, chosen[a], s, f"{root}/{a}_s{s}") for s in range(2, n_seeds + 1) for a in names], jobs)
     from compare import compare_training
     compare_training(root, [f"{root}/{a}_s{s}" for a in names for s in range(1, n_seeds + 1)])
     print(f"arms finished in {(time.time() - t0) / 60:.1f} min")

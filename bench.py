@@ -27,7 +27,6 @@ from configurator import autocast_for, configure, resolve_device
 from model import GPT, GPTConfig
 from labels import as_labels
 from sae import SAE, ConceptExtractor
-from teacher import compile_blocks
 
 # -----------------------------------------------------------------------------
 ntp_config = "config/concepts_ntp.py"
@@ -215,7 +214,8 @@ def main():
     for name, model, lam in (("ntp", ntp, 0.0), ("cocomix", cocomix, 0.1)):
         results[name], peaks[name] = measured(step_time, name, model, lam, use_compile)
     if use_compile and dev_type == "cpu":  # what train.py's CPU default rests on: the same steps, eager
-        eager = {name: step_time(name, model, lam, False) for name, model, lam in (("ntp", ntp, 0.0), ("cocomix", cocomix, 0.1))}
+        eager = {name: step_time(name, model, lam, False)
+                 for name, model, lam in (("ntp", ntp, 0.0), ("cocomix", cocomix, 0.1))}
         print("eager / compiled step time on CPU: " +
               ", ".join(f"{name} {eager[name] / results[name]:.2f}x" for name in results))
     label_time, peaks["labelling"] = measured(timed, lambda: extractor(X), sync)
@@ -224,7 +224,7 @@ def main():
         assert torch.equal(as_labels(cache[:batch_size]).to(dev), labels)  # the cache holds what it was given
         cached_time = timed(lambda: as_labels(cache[ix]).to(dev), sync)
     if use_compile:  # train.py's --compile compiles the teacher's blocks too
-        compile_blocks(teacher)
+        teacher.compile_blocks()
         compiled_label_time = timed(lambda: extractor(X), sync)
 
     tokens = batch_size * T

@@ -268,6 +268,14 @@ class GPT(nn.Module):
             h = h + c
         return concept_logits, h
 
+    def compile_blocks(self):
+        """torch.compile each block in place (inductor) and return self: for a frozen teacher, whose passes
+        (hidden, logits_from, teacher.teacher_pass) call its blocks one at a time, so compiling the module
+        itself would leave them eager."""
+        for block in self.transformer.h:
+            block.compile()
+        return self
+
     def flops_per_token(self, T):
         """Training FLOPs per token: 6 per weight multiply-add plus causal attention (PaLM appendix B),
         with each block after insert_layer seeing 2 slots per token when concepts are interleaved."""

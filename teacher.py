@@ -123,14 +123,6 @@ def teacher_pass(teacher, idx, layer, grad=True):
     return h.detach(), dl_dh
 
 
-def compile_blocks(teacher):
-    """torch.compile the frozen teacher's blocks in place (inductor): its passes (hidden, logits_from, teacher_pass)
-    call them one at a time, so compiling the module itself would leave them eager. Returns the teacher."""
-    for block in teacher.transformer.h:
-        block.compile()
-    return teacher
-
-
 def teacher_flops_per_token(teacher, T, layer=None, grad=False):
     """FLOPs per token of the frozen teacher on windows of T tokens: its whole forward (a third of its training
     FLOPs, GPT.flops_per_token) for layer=None; its forward up to the output of block `layer`; or, with grad, its

@@ -36,7 +36,7 @@ from model import GPT, GPTConfig, concept_accuracy, kd_loss, layer_norm
 from prepare import check_splits, check_trained_on, fingerprint, load_meta
 from labels import as_labels, cache_dir, cache_key, load_labels, n_windows
 from sae import load_concept_extractor
-from teacher import check_vocab, compile_blocks, load_teacher, teacher_flops_per_token, tokenizer_of
+from teacher import check_vocab, load_teacher, teacher_flops_per_token, tokenizer_of
 
 # -----------------------------------------------------------------------------
 # Defaults: a ~1M-parameter model on the embedded synthetic concept world, sized for 2 CPU cores.
@@ -314,7 +314,7 @@ raw_model = model
 if compile or (compile is None and device_type == "cuda"):
     model = torch.compile(model)
     for frozen in {teacher, extractor and extractor.teacher} - {None}:  # the labels' and the KD teacher's passes
-        compile_blocks(frozen)
+        frozen.compile_blocks()
 if world_size > 1:
     model = DDP(model, device_ids=[local_rank] if device_type == "cuda" else None)
 # training FLOPs per token (the compute axis): the student's, and the frozen teacher's and the SAE's it pays for

@@ -8,7 +8,6 @@ from torch._dynamo.utils import counters
 
 from model import GPT, GPTConfig
 from sae import ConceptExtractor
-from teacher import compile_blocks
 from test_sae import tiny_sae, tiny_teacher
 
 TINY = dict(block_size=16, vocab_size=64, n_layer=3, n_head=2, n_embd=32)
@@ -73,7 +72,7 @@ def test_a_teacher_with_compiled_blocks_gives_the_eager_concept_labels(one_threa
     torch._dynamo.reset()
     idx = torch.randint(0, 24, (4, 16), generator=torch.Generator().manual_seed(0))
     eager = ConceptExtractor(tiny_teacher(), tiny_sae(), 1, k_attr=4)
-    compiled = ConceptExtractor(compile_blocks(tiny_teacher()), tiny_sae(), 1, k_attr=4)
+    compiled = ConceptExtractor(tiny_teacher().compile_blocks(), tiny_sae(), 1, k_attr=4)
     labels = eager(idx)
     counters.clear()
     assert (labels >= 0).any() and torch.equal(compiled(idx), labels)

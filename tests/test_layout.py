@@ -9,7 +9,7 @@ from conftest import ROOT, run_script
 
 # The flow of the project, from data to reporting: a file may import only files in earlier layers.
 LAYERS = [["configurator"], ["checkpoint"], ["world"], ["prepare"], ["model"], ["teacher"], ["sae"], ["labels"], ["train"],
-          ["tasks"], ["eval", "concepts"], ["steer"], ["sample"], ["compare"], ["bench", "pipeline"], ["arms"]]
+          ["tasks"], ["eval", "concepts"], ["steer"], ["sample"], ["compare"], ["bench", "pipeline"], ["arms"], ["payoff"]]
 LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}
 SCRIPTS = sorted(f[:-3] for f in os.listdir(ROOT) if f.endswith(".py"))
 

@@ -1,0 +1,51 @@
+"""payoff.py at toy size: the three axes' runs at the chosen rates, the gaps paired by seed, the trend, the figure."""
+import json
+import os
+
+import numpy as np
+
+from conftest import TINY_SAE, TINY_STUDENT, TINY_TEACHER, run_script
+
+
+def last(run, key="val_loss"):
+    return json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])[key]
+
+
+def test_payoff_runs_every_axis_at_the_chosen_rates_and_reports_gaps_paired_by_seed(tmp_path):
+    configs = {"teacher": TINY_TEACHER, "weak": TINY_TEACHER.replace("40, 20, 2", "10, 5, 2"), "sae": TINY_SAE,
+               "ntp": TINY_STUDENT + "n_embd = 36\n",
+               "cocomix": TINY_STUDENT + 'n_embd, insert_layer, k_concepts, mode = 32, 1, 8, "cocomix"\n',
+               "deep_ntp": TINY_STUDENT + "n_embd, n_layer = 36, 3\n",
+               "deep_cocomix": TINY_STUDENT + 'n_embd, n_layer, insert_layer, k_concepts, mode = 32, 3, 2, 8, '
+                               '"cocomix"\n'}
+    for name, text in configs.items():
+        (tmp_path / f"{name}.py").write_text(text)
+    rates = tmp_path / "chosen.json"
+    rates.write_text(json.dumps({"ntp": "1e-3", "kd": "3e-3", "cocomix": "2e-3"}))
+    out_root = tmp_path / "out"
+    args = ["payoff.py", f"--data_root={tmp_path / 'data'}", "--n_docs=150", f"--out_root={out_root}",
+            f"--rates={rates}", "--arms=ntp,kd,cocomix", "--max_iters=10", "--budgets=1:2,2:1,3:1", "--n_seeds=1",
+            "--insert_layer=1", "--deep_insert_layer=2", f"--teacher_config={tmp_path / 'teacher.py'}",
+            f"--teachers={tmp_path / 'weak.py'}", f"--sae_config={tmp_path / 'sae.py'}",
+            *(f"--{k}_config={tmp_path / k}.py" for k in ("ntp", "cocomix", "deep_ntp", "deep_cocomix"))]
+    out = run_script(*args).stdout
+    runs = out_root / "payoff"
+    assert last(runs / "tokens_2x" / "kd_s1", "iter") == 20 and last(runs / "tokens_3x" / "ntp_s1", "iter") == 30
+    stamp = json.loads((runs / "tokens_1x" / "kd_s2" / "train.stamp.json").read_text())
+    assert "--learning_rate=3e-3" in stamp["args"] and "--seed=2" in stamp["args"]
+    weak = json.loads((runs / "teacher_weak" / "cocomix_s1" / "train.stamp.json").read_text())["args"]
+    assert f"--teacher_path={out_root / 'weak' / 'teacher'}" in weak
+    assert f"--sae_path={out_root / 'weak' / 'sae' / 'sae.pt'}" in weak
+    assert sorted(os.listdir(runs / "teacher_weak")) == ["cocomix_s1", "kd_s1"]  # NTP: the 1x runs'
+    assert last(runs / "depth_3" / "ntp_s1", "iter") == 10
+    table = (runs / "payoff.md").read_text()
+    diffs = [last(runs / "tokens_1x" / f"cocomix_s{s}") - last(runs / "tokens_1x" / f"ntp_s{s}") for s in (1, 2)]
+    row = next(line for line in table.splitlines() if line.startswith("| tokens_1x |"))
+    assert f"{np.mean(diffs):+.4f} ± {np.std(diffs, ddof=1):.4f} (2)" in row
+    row = next(line for line in table.splitlines() if line.startswith("| teacher_weak |"))
+    gap = last(runs / "teacher_weak" / "kd_s1") - last(runs / "tokens_1x" / "ntp_s1")
+    assert f"{gap:+.4f} (1)" in row and row.count("—") == 1  # no pause run there (nor in arms)
+    assert "- cocomix: " in table and "per decade" in table.split("- cocomix: ")[1].splitlines()[0]
+    assert (runs / "payoff.png").stat().st_size > 0
+    rerun = run_script(*args).stdout
+    assert "python train.py" not in rerun and rerun.count("skipping") >= 4 * 3 + 3 + 2

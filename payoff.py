@@ -99,7 +99,8 @@ def world(max_budget):
         execute("prepare", ["prepare.py", "--dataset=concepts", f"--data_root={data_root}", f"--n_docs={n_docs}"])
     with open(meta_path) as f:
         train_tokens = json.load(f)["train_tokens"]
-    seen = max_budget * max_iters * 32 * 64
+    student = runpy.run_path(ntp_config)
+    seen = max_budget * max_iters * student["batch_size"] * student["block_size"]
     print(f"== the world: {train_tokens:,} train tokens; the largest budget reads {seen:,} tokens, "
           + ("no story twice" if seen <= train_tokens else f"{seen / train_tokens:.1f} epochs: raise --n_docs"))
     return meta_path
@@ -113,7 +114,8 @@ def stem(path):
 def plan(names, axis_names, steps, chosen, meta):
     """(points, teacher run dirs). points: {name: dict(axis, value, teacher, ntp_from, runs)}, runs being run_all
     specs and ntp_from the point whose NTP runs this point's gaps are taken against (itself, or tokens_1x on the
-    teacher axis). Trains the teachers and their SAEs first (stages, skipped when done)."""
+    teacher axis). tokens_1x, the 4-layer pair at 1x with the default teacher, is every axis's reference point.
+    Trains the teachers and their SAEs first (stages, skipped when done)."""
     paths = [teacher_config, *(teachers.split(",") if "teacher" in axis_names else [])]
     frozen = {stem(t): teacher_and_sae("concepts", data_root, f"{out_root}/{stem(t)}", t, sae_config)[1:]
               for t in paths}
@@ -128,13 +130,10 @@ def plan(names, axis_names, steps, chosen, meta):
                          pause_layer) for s in range(1, seeds + 1) for a in arms_here]
 
     default, shallow, points = stem(teacher_config), (ntp_config, cocomix_config), {}
-    for b, seeds in sorted(steps.items()):  # the teacher axis needs the 1x runs
-        if "tokens" in axis_names or ("teacher" in axis_names and b == 1):
+    for b, seeds in sorted({1: n_seeds, **steps}.items()):  # 1x: every axis's reference point
+        if "tokens" in axis_names or b == 1:
             points[f"tokens_{b}x"] = dict(axis="tokens", value=b, teacher=default, ntp_from=f"tokens_{b}x",
                                           runs=runs(f"tokens_{b}x", names, seeds, b, shallow, insert_layer, default))
-    if "teacher" in axis_names and "tokens_1x" not in points:
-        points["tokens_1x"] = dict(axis="tokens", value=1, teacher=default, ntp_from="tokens_1x",
-                                   runs=runs("tokens_1x", names, n_seeds, 1, shallow, insert_layer, default))
     if "depth" in axis_names:
         depth = runpy.run_path(deep_ntp_config)["n_layer"]
         points[f"depth_{depth}"] = dict(axis="depth", value=depth, teacher=default, ntp_from=f"depth_{depth}",

@@ -225,6 +225,16 @@ ROWS = [
     ("arms.py", f"{CONFIGS} --ntp_config=nope.py", "ntp_config=nope.py not found"),
     ("arms.py", f"--data_root=pipe/data --out_root=pipe/out {CONFIGS}",
      "pipe/out/teacher holds a run the pipeline did not record"),
+    # payoff.py: its axes, budgets and arms, the configs and arms.py's rates, before anything runs
+    ("payoff.py", "--budgets=1:3,4:0", "budgets='1:3,4:0' must be budget:seeds pairs of positive integers"),
+    ("payoff.py", "--budgets=1x", "budgets='1x' must be budget:seeds pairs"),
+    ("payoff.py", "--arms=kd,cocomix", "arms='kd,cocomix' must name ntp and arms of arms.py"),
+    ("payoff.py", "--axes=tokens,width", "axes='tokens,width': choose from tokens, depth, teacher"),
+    ("payoff.py", "--n_docs=1", "n_docs=1 must be at least 2"),
+    ("payoff.py", "--axes=tokens --teacher_config=tiny.py --ntp_config=tiny.py --cocomix_config=nope.py",
+     "config file(s) nope.py not found"),
+    ("payoff.py", "--axes=tokens --teacher_config=tiny.py --ntp_config=tiny.py --cocomix_config=tiny.py "
+     "--rates=nope.json", "nope.json not found: run `python arms.py` first"),
     # labels.py: its settings and the SAE it reads
     ("labels.py", "--block_size=0", "block_size=0 must be at least 1"),
     ("labels.py", "--sae_path=nope/sae.pt", "nope/sae.pt not found"),

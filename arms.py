@@ -23,9 +23,9 @@ whose activated parameters the 108 matches):
     cocomix_prediction  concept prediction only, no mixing (Fig. 6d)
 
 Writes into out_root/arms: grid/<arm>_lr<lr>_s1 (the grid runs), <arm>_s<seed> (each arm at its chosen rate;
-seed 1 is a link to its grid run), grid.md (every grid loss and each arm's rate), chosen.json (the rates), and
-compare.md and compare.png
-(compare.py: losses with seed spread, tokens and FLOPs to reach NTP's final loss). It first runs the pipeline's
+seed 1 is a link to its grid run), grid.md (every grid loss and each arm's rate), chosen.json (the rates),
+compare.md and compare.png (compare.py: losses with seed spread, tokens and FLOPs to reach NTP's final loss), and
+paired.md (each arm's gap to NTP on the same seed). It first runs the pipeline's
 teacher and SAE stages (out_root/teacher, out_root/sae). Stages are stamped and skipped when done, like the
 pipeline's. `jobs` trainings run at once, each on cores/jobs threads, with their output in <run>/train.log;
 losses are deterministic for a given jobs (the thread count changes float rounding).
@@ -35,6 +35,8 @@ import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
 
 from checkpoint import replacing
 from configurator import check, configure
@@ -142,6 +144,20 @@ def grid_table(grid, chosen):
     return "\n".join(lines)
 
 
+def paired_table(root, names, n_seeds, baseline="ntp"):
+    """Markdown: each arm's final val loss on every seed, and its gap to the baseline on the same seed (same
+    batches, same initialisation seed): the mean and the std over seeds (ddof 0, as compare.py's)."""
+    seeds = range(1, n_seeds + 1)
+    loss = {a: np.array([final_loss(f"{root}/{a}_s{s}") for s in seeds]) for a in names}
+    lines = ["| arm | " + " | ".join(f"seed {s}" for s in seeds) + f" | arm − {baseline}, same seed |",
+             "|---|" + "---|" * (n_seeds + 1)]
+    for a in names:
+        gap = loss[a] - loss[baseline]
+        cell = "—" if a == baseline else f"{gap.mean():+.4f}" + (f" ± {gap.std():.4f}" if n_seeds > 1 else "")
+        lines.append(f"| {a} | " + " | ".join(f"{x:.4f}" for x in loss[a]) + f" | {cell} |")
+    return "\n".join(lines)
+
+
 def main():
     names, rates = arms.split(","), lrs.split(",")
     check(globals(), at_least=dict(n_seeds=1, max_iters=1, jobs=1, insert_layer=1, max_extend=0))
@@ -202,6 +218,11 @@ def main():
     run_all([spec(a, chosen[a], s, f"{root}/{a}_s{s}") for s in range(2, n_seeds + 1) for a in names], jobs)
     from compare import compare_training
     compare_training(root, [f"{root}/{a}_s{s}" for a in names for s in range(1, n_seeds + 1)])
+    if "ntp" in names:
+        paired = paired_table(root, names, n_seeds)
+        with replacing(f"{root}/paired.md") as tmp, open(tmp, "w") as f:
+            f.write(paired + "\n")
+        print(paired)
     print(f"arms finished in {(time.time() - t0) / 60:.1f} min")
 
 

@@ -172,9 +172,9 @@ def activated_params(run_dir):
 
 
 def mean_std(values):
-    """(mean, std or None) of values; std (ddof 1) needs 2 of them."""
+    """(mean, std or None) of values; the std (ddof 0, as compare.py's) needs 2 of them."""
     v = list(values)
-    return float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else None
+    return float(np.mean(v)), float(np.std(v)) if len(v) > 1 else None
 
 
 def rows_of(points, teacher_dirs):

@@ -181,6 +181,11 @@ def test_arms_pick_each_arms_rate_by_seed_1_and_compare_all_seeds_with_flops(tin
         assert f"| {arm} |" in grid and grid.split(f"| {arm} |")[1].split("\n")[0].strip().endswith(f"| {best} |")
         assert os.readlink(out_root / "arms" / f"{arm}_s1") == f"grid/{arm}_lr{best}_s1"
         assert (out_root / "arms" / f"{arm}_s2" / "ckpt.pt").exists()
+    loss = {(arm, s): json.loads((out_root / "arms" / f"{arm}_s{s}" / "metrics.jsonl").read_text().splitlines()[-1])
+            ["val_loss"] for arm in ("ntp", "kd") for s in (1, 2)}
+    gaps = [loss["kd", s] - loss["ntp", s] for s in (1, 2)]
+    paired = (out_root / "arms" / "paired.md").read_text()
+    assert f"| kd | {loss['kd', 1]:.4f} | {loss['kd', 2]:.4f} | {np.mean(gaps):+.4f} ± {np.std(gaps):.4f} |" in paired
     table = (out_root / "arms" / "compare.md").read_text()
     assert "| ntp | 2 |" in table and "| cocomix | 2 |" in table and "FLOPs to reach ntp" in table
     assert table.split("| ntp | 2 |")[1].split("\n")[0].count("—") == 2  # the baseline against itself

@@ -16,6 +16,7 @@ next to the results.json.
 """
 import json
 import os
+import textwrap
 from collections import defaultdict
 
 import numpy as np
@@ -231,8 +232,9 @@ def describe(groups, data=None):
     """A plot title: what is compared, on which data, with how many seeds."""
     seeds = sorted({len(runs) for runs in groups.values()})
     data = data or next((r.get("dataset") for runs in groups.values() for r in runs[0] if r.get("dataset")), None)
-    return (f"{' vs '.join(groups)}: validation loss" + (f" on {data}" if data else "") +
-            f", {'/'.join(map(str, seeds))} seed{'s' * (seeds != [1])} per method")
+    title = (f"{' vs '.join(groups)}: validation loss" + (f" on {data}" if data else "") +
+             f", {'/'.join(map(str, seeds))} seed{'s' * (seeds != [1])} per method")
+    return textwrap.fill(title, 110)  # many methods: several lines, not a title cut at the figure's edge
 
 # -----------------------------------------------------------------------------
 # evaluations: Table 1 from eval.py's results.json

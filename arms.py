@@ -95,11 +95,10 @@ def run_all(runs, jobs):
 
     def train(r):
         start = time.time()
-        stage(r[0], ["train.py", *r[1], f"--out_dir={r[2]}"], r[2], ["ckpt.pt", "metrics.jsonl"], r[3], **TRAIN,
-              log=os.path.join(r[2], "train.log"), threads=threads)
-        done.append(r[0])
-        if time.time() - start > 5:  # it trained, not skipped
+        if stage(r[0], ["train.py", *r[1], f"--out_dir={r[2]}"], r[2], ["ckpt.pt", "metrics.jsonl"], r[3], **TRAIN,
+                 log=os.path.join(r[2], "train.log"), threads=threads):
             trained.append((time.time() - start) / 60)
+        done.append(r[0])
         left = len(runs) - len(done)
         pace = (f"about {sum(trained) / len(trained) * left / jobs:.0f} min left at this pace" if trained else
                 "no run trained yet")

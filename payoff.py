@@ -282,7 +282,7 @@ def main():
     meta = world(max(steps) if "tokens" in axis_names else 1)
     points, teacher_dirs = plan(names, axis_names, steps, chosen, meta)
     specs = [r for p in points.values() for r in p["runs"]]
-    minutes = sum(run_minutes(spec) for spec in specs) / jobs
+    minutes = sum(run_minutes(spec) for spec in specs) / 2  # MINUTES: 2 at once on 2 cores
     print(f"== {len(specs)} runs over {len(points)} points, {jobs} at once, at the rates of {rates} ("
           + ", ".join(f"{a} {chosen[a]}" for a in names) + f"): about {minutes:.0f} min on 2 quiet cores, "
           "teachers and SAEs aside")

@@ -132,14 +132,15 @@ def stage(name, args, home, outputs, inputs, checkpoint=None, fresh=(), **how):
     inputs and all its outputs exist. A training stage (checkpoint: the file in home it resumes from) resumes
     when its args and inputs are the same, and starts over, adding the flags `fresh`, when they changed; it
     refuses a checkpoint the pipeline has no stamp for, since nothing says which settings made it. how: execute's
-    log and threads."""
+    log and threads. Returns whether it ran (False: skipped as done)."""
     stamp_path = os.path.join(home, os.path.splitext(os.path.basename(args[0]))[0] + ".stamp.json")
     want = {"args": args, "inputs": {path: identity(path) for path in inputs}}
     stamp = read_stamp(stamp_path)
     same = stamp is not None and all(stamp.get(key) == value for key, value in want.items())
     if same and stamp.get("finished") and all(os.path.exists(os.path.join(home, f)) for f in outputs):
         print(f"== {name}: finished with these settings and inputs ({stamp_path}), skipping")
-        return progress(name)
+        progress(name)
+        return False
     ckpt = os.path.join(home, checkpoint) if checkpoint else None
     if ckpt and os.path.exists(ckpt) and stamp is None:
         raise SystemExit(f"error: {home} holds a run the pipeline did not record (no {stamp_path}), so it cannot "
@@ -156,6 +157,7 @@ def stage(name, args, home, outputs, inputs, checkpoint=None, fresh=(), **how):
     execute(name, [*args, *extra], **how)
     write_stamp(stamp_path, {**want, "finished": True})
     progress(name)
+    return True
 
 
 def check_settings():

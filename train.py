@@ -313,8 +313,9 @@ scaler = torch.amp.GradScaler(device_type, enabled=(ptdtype == torch.float16))
 raw_model = model
 if compile or (compile is None and device_type == "cuda"):
     model = torch.compile(model)
-    for frozen in {teacher, extractor and extractor.teacher} - {None}:  # the labels' and the KD teacher's passes
-        frozen.compile_blocks()
+    for frozen in (teacher, extractor and extractor.teacher):  # the KD teacher's and the labels' passes
+        if frozen is not None:
+            frozen.compile_blocks()
 if world_size > 1:
     model = DDP(model, device_ids=[local_rank] if device_type == "cuda" else None)
 # training FLOPs per token (the compute axis): the student's, and the frozen teacher's and the SAE's it pays for

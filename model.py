@@ -136,7 +136,9 @@ class ConceptHead(nn.Module):
 
     def compress(self, top_vals, top_idx):
         """W @ TopK(z) reading only the K kept columns of W: K*d work per token instead of C*d."""
-        W = self.compressor.weight.t()                                     # (C, d): one row per concept
+        # (C, d), one row per concept, copied contiguous: given the strided transpose while autograd records,
+        # embedding_bag takes a generic path about 40x slower than this copy plus its fast kernel (bench.py)
+        W = self.compressor.weight.t().contiguous()
         c = F.embedding_bag(top_idx.reshape(-1, self.k), W, mode="sum",
                             per_sample_weights=top_vals.reshape(-1, self.k).to(W.dtype))
         return c.view(*top_vals.shape[:-1], -1)

@@ -207,6 +207,22 @@ def test_compressing_the_k_kept_columns_equals_the_dense_masked_product():
     torch.testing.assert_close(head.compress(top, idx), masked @ head.compressor.weight.t())
 
 
+def test_the_compressor_hands_embedding_bag_a_contiguous_weight_so_it_takes_the_fast_kernel():
+    class Spy(torch.overrides.TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            if func is torch.nn.functional.embedding_bag:
+                weights.append(args[1])
+            return func(*args, **(kwargs or {}))
+
+    torch.manual_seed(0)
+    head, weights = cocomix().concept_head, []
+    top, idx = torch.randn(2, 5, 64).topk(8, dim=-1)
+    with Spy():
+        head.compress(top, idx).sum().backward()
+    assert len(weights) == 1 and weights[0].is_contiguous()  # a strided (C, d) view took a ~40x slower path
+    assert head.compressor.weight.grad.abs().sum() > 0
+
+
 @pytest.mark.parametrize("mixing", ["interleave", "add", "none"])
 def test_future_tokens_change_neither_past_next_token_nor_concept_logits(mixing):
     torch.manual_seed(0)

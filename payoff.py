@@ -11,6 +11,7 @@ arms.py chose for it, along three axes:
 
     python arms.py && python payoff.py           # hours on 2 CPU cores
     python payoff.py --axes=tokens --budgets=1:1,4:1    # a part: budget:seeds pairs
+    python payoff.py --report_only=True                 # the table and figure of the runs finished so far
 
 Writes into out_root/payoff: <point>/<arm>_s<seed> (the runs; points tokens_<b>x, depth_<layers>, teacher_<config>),
 payoff.md (the table and the trend of each gap against log tokens per parameter) and payoff.png (the figure).
@@ -30,7 +31,7 @@ from arms import ARMS, MINUTES, final_loss, run_all, run_spec
 from checkpoint import replacing
 from configurator import check, configure
 from model import GPT, GPTConfig
-from pipeline import execute, teacher_and_sae
+from pipeline import execute, identity, read_stamp, teacher_and_sae
 
 # -----------------------------------------------------------------------------
 data_root = "data_payoff"   # its own concept world: larger than the default's 1.6M train tokens
@@ -52,6 +53,7 @@ teacher_config = "config/concepts_teacher.py"  # the teacher of the tokens and d
 teachers = "config/concepts_teacher_weak.py,config/concepts_teacher_strong.py"  # the teacher axis adds these
 sae_config = ""             # sae.py overrides, as in pipeline.py
 jobs = 2                    # trainings at once
+report_only = False         # True: train nothing; report the runs that finished with the planned settings
 # -----------------------------------------------------------------------------
 GAPS = ("cocomix", "kd", "pause")  # the arms whose gap to NTP the report shows
 
@@ -95,6 +97,9 @@ def world(max_budget):
     """The large concept world (prepare.py, once) and its meta.json path; says whether the largest budget repeats
     training data."""
     meta_path = f"{data_root}/concepts/meta.json"
+    if report_only and not os.path.exists(meta_path):
+        raise SystemExit(f"error: {meta_path} not found, so there is nothing to report: run payoff.py without "
+                         "--report_only first")
     if not os.path.exists(meta_path):
         execute("prepare", ["prepare.py", "--dataset=concepts", f"--data_root={data_root}", f"--n_docs={n_docs}"])
     with open(meta_path) as f:
@@ -104,6 +109,28 @@ def world(max_budget):
     print(f"== the world: {train_tokens:,} train tokens; the largest budget reads {seen:,} tokens, "
           + ("no story twice" if seen <= train_tokens else f"{seen / train_tokens:.1f} epochs: raise --n_docs"))
     return meta_path
+
+
+def trained_teacher(config):
+    """(teacher ckpt.pt, sae.pt) of a teacher config under out_root/<its stem>, trained first (pipeline stages,
+    skipped when done); with report_only, only looked up, and SystemExit if missing."""
+    if not report_only:
+        return teacher_and_sae("concepts", data_root, f"{out_root}/{stem(config)}", config, sae_config)[1:]
+    paths = (f"{out_root}/{stem(config)}/teacher/ckpt.pt", f"{out_root}/{stem(config)}/sae/sae.pt")
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if missing:
+        raise SystemExit(f"error: {', '.join(missing)} not found, so there is nothing to report: run payoff.py "
+                         "without --report_only first")
+    return paths
+
+
+def finished(spec):
+    """Whether the run_all spec (name, args, out_dir, inputs) finished with exactly these args and inputs, by its
+    stamp (pipeline.stage's): a run with other settings, or over another teacher, is never reported as this one."""
+    _, args, out_dir, inputs = spec
+    stamp = read_stamp(os.path.join(out_dir, "train.stamp.json")) or {}
+    return (stamp.get("finished") is True and stamp.get("args") == ["train.py", *args, f"--out_dir={out_dir}"]
+            and stamp.get("inputs") == {path: identity(path) for path in inputs})
 
 
 def stem(path):
@@ -117,8 +144,7 @@ def plan(names, axis_names, steps, chosen, meta):
     teacher axis). tokens_1x, the 4-layer pair at 1x with the default teacher, is every axis's reference point.
     Trains the teachers and their SAEs first (stages, skipped when done)."""
     paths = [teacher_config, *(teachers.split(",") if "teacher" in axis_names else [])]
-    frozen = {stem(t): teacher_and_sae("concepts", data_root, f"{out_root}/{stem(t)}", t, sae_config)[1:]
-              for t in paths}
+    frozen = {stem(t): trained_teacher(t) for t in paths}
     root = f"{out_root}/payoff"
 
     def runs(point, arms_here, seeds, budget, configs, pause_layer, teacher):
@@ -156,11 +182,11 @@ def run_minutes(spec):
 
 
 def losses(point):
-    """{arm: {seed: final val loss}} of a point's runs."""
+    """{arm: {seed: final val loss}} of a point's finished runs."""
     out = {}
-    for _, _, out_dir, _ in point["runs"]:
-        arm, seed = os.path.basename(out_dir).rsplit("_s", 1)
-        out.setdefault(arm, {})[int(seed)] = final_loss(out_dir)
+    for spec in filter(finished, point["runs"]):
+        arm, seed = os.path.basename(spec[2]).rsplit("_s", 1)
+        out.setdefault(arm, {})[int(seed)] = final_loss(spec[2])
     return out
 
 
@@ -183,8 +209,11 @@ def rows_of(points, teacher_dirs):
     (arm - NTP) on the same seed, its std and its seeds."""
     rows = []
     for name, p in points.items():
-        got, ntp = losses(p), losses(points[p["ntp_from"]])["ntp"]
-        ntp_run = next(d for _, _, d, _ in points[p["ntp_from"]]["runs"] if os.path.basename(d) == "ntp_s1")
+        got, ntp = losses(p), losses(points[p["ntp_from"]]).get("ntp")
+        if not ntp:  # only with report_only: nothing to take the gaps against yet
+            print(f"== {name}: no NTP run has finished there yet, left out of the report")
+            continue
+        ntp_run = next(d for _, _, d, _ in points[p["ntp_from"]]["runs"] if os.path.basename(d) == f"ntp_s{min(ntp)}")
         with open(os.path.join(ntp_run, "metrics.jsonl")) as f:
             tokens = json.loads(f.readlines()[-1])["tokens"]
         teacher_loss, (ntp_mean, ntp_std) = final_loss(teacher_dirs[p["teacher"]]), mean_std(ntp.values())
@@ -282,11 +311,14 @@ def main():
     meta = world(max(steps) if "tokens" in axis_names else 1)
     points, teacher_dirs = plan(names, axis_names, steps, chosen, meta)
     specs = [r for p in points.values() for r in p["runs"]]
-    minutes = sum(run_minutes(spec) for spec in specs) / 2  # MINUTES: 2 at once on 2 cores
-    print(f"== {len(specs)} runs over {len(points)} points, {jobs} at once, at the rates of {rates} ("
-          + ", ".join(f"{a} {chosen[a]}" for a in names) + f"): about {minutes:.0f} min on 2 quiet cores, "
-          "teachers and SAEs aside")
-    run_all(specs, jobs)
+    if report_only:
+        print(f"== report only: {sum(map(finished, specs))} of the {len(specs)} planned runs have finished")
+    else:
+        minutes = sum(run_minutes(spec) for spec in specs) / 2  # MINUTES: 2 at once on 2 cores
+        print(f"== {len(specs)} runs over {len(points)} points, {jobs} at once, at the rates of {rates} ("
+              + ", ".join(f"{a} {chosen[a]}" for a in names) + f"): about {minutes:.0f} min on 2 quiet cores, "
+              "teachers and SAEs aside")
+        run_all(specs, jobs)
     rows = rows_of(points, teacher_dirs)
     root = f"{out_root}/payoff"
     text = table(rows)
@@ -294,7 +326,8 @@ def main():
         f.write(text + "\n")
     plot(rows, f"{root}/payoff.png")
     print(text)
-    print(f"payoff finished in {(time.time() - t0) / 60:.1f} min: {root}/payoff.md, {root}/payoff.png")
+    print(f"payoff {'reported' if report_only else 'finished'} in {(time.time() - t0) / 60:.1f} min: "
+          f"{root}/payoff.md, {root}/payoff.png")
 
 
 if __name__ == "__main__":

@@ -49,3 +49,25 @@ def test_payoff_runs_every_axis_at_the_chosen_rates_and_reports_gaps_paired_by_s
     assert (runs / "payoff.png").stat().st_size > 0
     rerun = run_script(*args).stdout
     assert "python train.py" not in rerun and rerun.count("skipping") >= 4 * 3 + 3 + 2
+
+    # --report_only trains nothing and reports only the runs that finished with the planned settings: a run left
+    # unfinished, or one whose stamp records other settings, is not taken for the planned one
+    stamp_path = runs / "tokens_1x" / "cocomix_s2" / "train.stamp.json"
+    stamp_path.write_text(json.dumps({**json.loads(stamp_path.read_text()), "finished": False}))
+    stamp_path = runs / "tokens_2x" / "kd_s1" / "train.stamp.json"
+    other = json.loads(stamp_path.read_text())
+    other["args"] = [a.replace("--learning_rate=3e-3", "--learning_rate=1e-2") for a in other["args"]]
+    stamp_path.write_text(json.dumps(other))
+    report = run_script(*args, "--report_only=True").stdout
+    assert "python train.py" not in report and "report only: 15 of the 17 planned runs have finished" in report
+    assert last(runs / "tokens_1x" / "cocomix_s2", "iter") == 10  # left as it was, not resumed
+    table = (runs / "payoff.md").read_text()
+    row = next(line for line in table.splitlines() if line.startswith("| tokens_1x |"))
+    assert f"{diffs[0]:+.4f} (1)" in row
+    row = next(line for line in table.splitlines() if line.startswith("| tokens_2x |"))
+    assert row.count("—") == 2  # kd: its only run has other settings; pause: not an arm here
+    # with no teacher under out_root there is nothing to report: refused before anything is written
+    empty = tmp_path / "empty"
+    refused = run_script(*args, f"--out_root={empty}", "--report_only=True", check=False)
+    assert refused.returncode != 0 and "nothing to report" in refused.stdout.splitlines()[-1]
+    assert not empty.exists()

@@ -142,7 +142,7 @@ def plan(names, axis_names, steps, chosen, meta):
     """(points, teacher run dirs). points: {name: dict(axis, value, teacher, ntp_from, runs)}, runs being run_all
     specs and ntp_from the point whose NTP runs this point's gaps are taken against (itself, or tokens_1x on the
     teacher axis). tokens_1x, the 4-layer pair at 1x with the default teacher, is every axis's reference point.
-    Trains the teachers and their SAEs first (stages, skipped when done)."""
+    Trains the teachers and their SAEs first (stages, skipped when done; with report_only, only looks them up)."""
     paths = [teacher_config, *(teachers.split(",") if "teacher" in axis_names else [])]
     frozen = {stem(t): trained_teacher(t) for t in paths}
     root = f"{out_root}/payoff"

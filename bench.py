@@ -10,6 +10,10 @@ tokens and random weights: speed does not depend on what the model knows. With -
         --vocab_size=50304                                           # the paper's 69M, GPU
     python bench.py --memory_table=True      # the OWT presets' training memory per GPU, estimated (a markdown table)
 
+The parts are timed against each other (timed_in_rounds): in each of `rounds` rounds every part runs `steps`
+steps in turn, so that the machine's slow spells fall on all of them; a time is a part's median round, and the
+CoCoMix / NTP ratio the median of the per-round ratios, with its range.
+
 Each timed part also reports its peak memory: on CUDA the allocator's peak (reset before the part), on CPU the
 process's peak resident set size (one number for the whole run: the kernel keeps no per-part peak).
 """
@@ -23,7 +27,7 @@ import time
 import numpy as np
 import torch
 
-from configurator import autocast_for, configure, resolve_device
+from configurator import autocast_for, check, configure, resolve_device
 from model import GPT, GPTConfig
 from labels import as_labels
 from sae import SAE, ConceptExtractor
@@ -37,7 +41,8 @@ sae_k = 16
 sae_layer = 1
 vocab_size = 384
 batch_size = 32
-steps = 20                  # timed steps, after `warmup` untimed ones
+steps = 20                  # timed steps per round, after `warmup` untimed ones
+rounds = 5                  # rounds; within each, every part is timed in turn: a slow spell hits all parts alike
 warmup = 5
 device = "auto"
 dtype = "auto"
@@ -75,6 +80,38 @@ def timed(fn, sync):
         fn()
     sync()
     return (time.perf_counter() - t0) / steps
+
+
+def timed_in_rounds(parts, sync, cuda=None):
+    """Time the parts against each other: after `warmup` calls of each, `rounds` rounds in which each part's fn
+    runs `steps` times in turn. This machine's speed drifts between runs and within one, and a slow spell then
+    falls on every part of a round, so the ratio of two parts is taken per round. parts: {name: fn}; cuda: the CUDA
+    device they run on, or None. Returns
+    ({name: [mean seconds per call, one per round]}, {name: the CUDA allocator's peak bytes over its calls, reset
+    before each; None on CPU, which keeps no such peak})."""
+    for fn in parts.values():
+        for _ in range(warmup):
+            fn()
+    sync()
+    seconds, peaks = {name: [] for name in parts}, dict.fromkeys(parts)
+    for _ in range(rounds):
+        for name, fn in parts.items():
+            if cuda:
+                torch.cuda.reset_peak_memory_stats(cuda)
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                fn()
+            sync()
+            seconds[name].append((time.perf_counter() - t0) / steps)
+            if cuda:
+                peaks[name] = max(peaks[name] or 0, torch.cuda.max_memory_allocated(cuda))
+    return seconds, peaks
+
+
+def ratio(a, b):
+    """(median, min, max) over rounds of a[i] / b[i]: two parts' per-round seconds."""
+    r = np.array(a) / np.array(b)
+    return float(np.median(r)), float(r.min()), float(r.max())
 
 
 # -----------------------------------------------------------------------------
@@ -160,6 +197,8 @@ def print_memory_table(rows):
 
 # -----------------------------------------------------------------------------
 def main():
+    check(globals(), at_least=dict(n_latents=1, sae_k=1, sae_layer=0, vocab_size=1, batch_size=1, steps=1, rounds=1,
+                                   warmup=0))
     if memory_table:
         print_memory_table(memory_rows())
         return
@@ -182,8 +221,9 @@ def main():
 
     first = {}  # seconds of the first, compiling step
 
-    def step_time(name, model, lam, compiled):
-        """Seconds per optimisation step (forward, backward, AdamW) of model, compiled or eager."""
+    def training_step(name, model, lam, compiled):
+        """A function doing one optimisation step (forward, backward, AdamW) of model, compiled or eager; a compiled
+        one has run its first, compiling step."""
         optimizer = model.configure_optimizers(0.1, 1e-4, (0.9, 0.95), dev_type)
         fwd = torch.compile(model) if compiled else model
 
@@ -199,26 +239,21 @@ def main():
             step()
             sync()
             first[name] = time.perf_counter() - t0
-        return timed(step, sync)
-
-    def measured(fn, *args):
-        """(fn(*args), the GPU allocator's peak bytes while it ran, reset before it; None on CPU: no such reset)."""
-        if dev_type != "cuda":
-            return fn(*args), None
-        torch.cuda.reset_peak_memory_stats(dev)
-        return fn(*args), torch.cuda.max_memory_allocated(dev)
+        return step
 
     use_compile = compile or (compile is None and dev_type == "cuda")
     resident = torch.cuda.memory_allocated(dev) if dev_type == "cuda" else None  # all three models, X, Y, labels
-    results, peaks = {}, {}
-    for name, model, lam in (("ntp", ntp, 0.0), ("cocomix", cocomix, 0.1)):
-        results[name], peaks[name] = measured(step_time, name, model, lam, use_compile)
+    students = (("ntp", ntp, 0.0), ("cocomix", cocomix, 0.1))
+    parts = {name: training_step(name, model, lam, use_compile) for name, model, lam in students}
     if use_compile and dev_type == "cpu":  # what train.py's CPU default rests on: the same steps, eager
-        eager = {name: step_time(name, model, lam, False)
-                 for name, model, lam in (("ntp", ntp, 0.0), ("cocomix", cocomix, 0.1))}
-        print("eager / compiled step time on CPU: " +
-              ", ".join(f"{name} {eager[name] / results[name]:.2f}x" for name in results))
-    label_time, peaks["labelling"] = measured(timed, lambda: extractor(X), sync)
+        parts.update({f"{name} eager": training_step(name, model, lam, False) for name, model, lam in students})
+    parts["labelling"] = lambda: extractor(X)
+    seconds, peaks = timed_in_rounds(parts, sync, dev if dev_type == "cuda" else None)
+    results = {name: float(np.median(s)) for name, s in seconds.items()}  # the median round of each part
+    if use_compile and dev_type == "cpu":
+        print("eager / compiled step time on CPU (median of rounds): " + ", ".join(
+            f"{name} {ratio(seconds[f'{name} eager'], seconds[name])[0]:.2f}x" for name, _, _ in students))
+    label_time = results["labelling"]
     with tempfile.TemporaryDirectory() as tmp:  # a batch of random windows as train.py reads them from the cache
         cache, ix = label_cache(labels, tmp), np.random.default_rng(seed).integers(64 * batch_size, size=batch_size)
         assert torch.equal(as_labels(cache[:batch_size]).to(dev), labels)  # the cache holds what it was given
@@ -229,7 +264,7 @@ def main():
 
     tokens = batch_size * T
     flops = {name: m.flops_per_token(T) for name, m in (("ntp", ntp), ("cocomix", cocomix))}
-    print(f"{'':28s}{'ms/step':>10s}{'tokens/s':>12s}")
+    print(f"{'':28s}{'ms/step':>10s}{'tokens/s':>12s}   (the median of {rounds} rounds of {steps} steps)")
     rows = [("NTP step", results["ntp"]), ("CoCoMix step (model only)", results["cocomix"]),
             ("concept labelling", label_time), ("CoCoMix step + labelling", results["cocomix"] + label_time)]
     if use_compile:
@@ -241,9 +276,11 @@ def main():
         print("first (compiling) step: " + ", ".join(f"{name} {first[name]:.1f} s" for name in first))
     print(f"parameters: NTP {ntp.get_num_params() / 1e6:.2f}M, CoCoMix {cocomix.get_num_params(activated=True) / 1e6:.2f}M "
           f"activated ({cocomix.get_num_params() / 1e6:.2f}M stored), teacher {teacher.get_num_params() / 1e6:.2f}M")
-    print(f"CoCoMix / NTP step time: {results['cocomix'] / results['ntp']:.2f}x model only, "
-          f"{(results['cocomix'] + label_time) / results['ntp']:.2f}x with labelling; "
-          f"FLOPs per token ratio: {flops['cocomix'] / flops['ntp']:.2f}x")
+    with_labels = [c + lab for c, lab in zip(seconds["cocomix"], seconds["labelling"])]
+    (model_only, lo, hi), labelled = ratio(seconds["cocomix"], seconds["ntp"]), ratio(with_labels, seconds["ntp"])
+    print(f"CoCoMix / NTP step time, the median of {rounds} rounds: {model_only:.2f}x model only ({lo:.2f}x to "
+          f"{hi:.2f}x), {labelled[0]:.2f}x with labelling ({labelled[1]:.2f}x to {labelled[2]:.2f}x); FLOPs per "
+          f"token ratio: {flops['cocomix'] / flops['ntp']:.2f}x")
     if dev_type == "cuda":
         for name, m in (("ntp", ntp), ("cocomix", cocomix)):
             mfu = m.estimate_mfu(tokens / results[name], T, torch.cuda.get_device_name(dev))

@@ -63,3 +63,21 @@ def test_gpu_check_sh_parses_and_refuses_in_one_line_without_a_gpu(tmp_path):
     assert p.returncode != 0
     assert len(p.stdout.strip().splitlines()) == 1 and p.stdout.startswith("error:") and "CUDA" in p.stdout
     assert not out.exists()  # refused before writing anything
+
+
+def test_parts_are_timed_in_turn_within_each_round_and_ratios_are_taken_per_round(monkeypatch):
+    monkeypatch.setattr(bench, "warmup", 1)
+    monkeypatch.setattr(bench, "steps", 2)
+    monkeypatch.setattr(bench, "rounds", 3)
+    calls = []
+    seconds, peaks = bench.timed_in_rounds({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
+                                           lambda: None)
+    assert calls == ["a", "b"] + ["a", "a", "b", "b"] * 3  # warmup, then every round has both parts
+    assert [len(s) for s in seconds.values()] == [3, 3] and peaks == {"a": None, "b": None}
+    # per-round ratios 2, 4, 3: the median is 3, where the ratio of the medians (4 / 1) would be 4
+    assert bench.ratio([2.0, 4.0, 9.0], [1.0, 1.0, 3.0]) == (3.0, 2.0, 4.0)
+
+
+def test_bench_refuses_a_run_with_no_timed_steps_in_one_line():
+    p = run_script("bench.py", "--rounds=0", check=False)
+    assert p.returncode != 0 and p.stdout.strip().splitlines() == ["error: rounds=0 must be at least 1"]

@@ -181,13 +181,18 @@ def run_minutes(spec):
     return MINUTES[ARMS[name.split()[0]][0]] * iters / 1000 * runpy.run_path(args[0])["n_layer"] / 4
 
 
-def losses(point):
-    """{arm: {seed: final val loss}} of a point's finished runs."""
+def seed_runs(point):
+    """{arm: {seed: run dir}} of a point's finished runs."""
     out = {}
     for spec in filter(finished, point["runs"]):
         arm, seed = os.path.basename(spec[2]).rsplit("_s", 1)
-        out.setdefault(arm, {})[int(seed)] = final_loss(spec[2])
+        out.setdefault(arm, {})[int(seed)] = spec[2]
     return out
+
+
+def losses(point):
+    """{arm: {seed: final val loss}} of a point's finished runs."""
+    return {arm: {seed: final_loss(run) for seed, run in runs.items()} for arm, runs in seed_runs(point).items()}
 
 
 def activated_params(run_dir):
@@ -227,6 +232,30 @@ def rows_of(points, teacher_dirs):
                          teacher_loss=teacher_loss, teacher_advantage=ntp_mean - teacher_loss,
                          ntp=(ntp_mean, ntp_std, len(ntp)), gaps=gaps))
     return rows
+
+
+def per_seed_table(points):
+    """Markdown: for every point, arm and seed with a finished NTP run on the same seed, the arm's final val loss
+    minus NTP's, and the tokens and training FLOPs (teacher and SAE included) its curve takes to reach NTP's
+    final val loss, linear between evaluations (compare.tokens_to_reach), against what NTP spent."""
+    from compare import reach_cell, read_metrics, tokens_to_reach
+    lines = ["| point | arm | seed | arm − NTP | tokens to NTP's final val loss | FLOPs to NTP's final val loss |",
+             "|---|---|---|---|---|---|"]
+    for name, p in points.items():
+        ntp = seed_runs(points[p["ntp_from"]]).get("ntp", {})
+        for arm, runs in seed_runs(p).items():
+            for seed, run in sorted(runs.items()):
+                if arm == "ntp" or seed not in ntp:
+                    continue
+                base, rows = read_metrics(ntp[seed])[-1], read_metrics(run)
+                target = base["val_loss"]
+                cells = [reach_cell(tokens_to_reach(np.array([r[x] for r in rows], dtype=float),
+                                                    np.array([r["val_loss"] for r in rows]), target),
+                                    base[x], scale, unit) for x, scale, unit in (("tokens", 1e6, "M"),
+                                                                                 ("flops", 1e12, "T"))]
+                lines.append(f"| {name} | {arm} | {seed} | {rows[-1]['val_loss'] - target:+.4f} | "
+                             + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def trend(rows, arm):
@@ -321,7 +350,7 @@ def main():
         run_all(specs, jobs)
     rows = rows_of(points, teacher_dirs)
     root = f"{out_root}/payoff"
-    text = table(rows)
+    text = table(rows) + "\n\nPer seed (NTP: the same seed's run of the point's NTP):\n\n" + per_seed_table(points)
     with replacing(f"{root}/payoff.md") as tmp, open(tmp, "w") as f:
         f.write(text + "\n")
     plot(rows, f"{root}/payoff.png")

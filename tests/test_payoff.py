@@ -4,6 +4,7 @@ import os
 
 import numpy as np
 
+from compare import reach_cell, tokens_to_reach
 from conftest import TINY_SAE, TINY_STUDENT, TINY_TEACHER, run_script
 
 
@@ -47,6 +48,18 @@ def test_payoff_runs_every_axis_at_the_chosen_rates_and_reports_gaps_paired_by_s
     assert f"{gap:+.4f} (1)" in row and row.count("—") == 1  # no pause run there (nor in arms)
     assert "- cocomix: " in table and "per decade" in table.split("- cocomix: ")[1].splitlines()[0]
     assert (runs / "payoff.png").stat().st_size > 0
+    # per seed: each run against NTP's run on its seed (the teacher point's: tokens_1x's), and the tokens it takes
+    # to reach that run's final val loss
+    per_seed = table.split("Per seed")[1]
+    row = next(line for line in per_seed.splitlines() if line.startswith("| tokens_1x | cocomix | 2 | "))
+    assert f"| {diffs[1]:+.4f} |" in row
+    assert f"| teacher_weak | kd | 1 | {gap:+.4f} |" in per_seed
+    cocomix = [json.loads(line) for line in (runs / "tokens_1x" / "cocomix_s1" / "metrics.jsonl").read_text().splitlines()]
+    reach = tokens_to_reach(np.array([r["tokens"] for r in cocomix], dtype=float),
+                            np.array([r["val_loss"] for r in cocomix]), last(runs / "tokens_1x" / "ntp_s1"))
+    row = next(line for line in per_seed.splitlines() if line.startswith("| tokens_1x | cocomix | 1 | "))
+    spent = last(runs / "tokens_1x" / "ntp_s1", "tokens")
+    assert row.split(" | ")[4] == ("not reached" if reach is None else reach_cell(reach, spent, 1e6, "M"))
     rerun = run_script(*args).stdout
     assert "python train.py" not in rerun and rerun.count("skipping") >= 4 * 3 + 3 + 2
 

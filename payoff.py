@@ -343,10 +343,11 @@ def main():
     if report_only:
         print(f"== report only: {sum(map(finished, specs))} of the {len(specs)} planned runs have finished")
     else:
-        minutes = sum(run_minutes(spec) for spec in specs) / 2  # MINUTES: 2 at once on 2 cores
-        print(f"== {len(specs)} runs over {len(points)} points, {jobs} at once, at the rates of {rates} ("
-              + ", ".join(f"{a} {chosen[a]}" for a in names) + f"): about {minutes:.0f} min on 2 quiet cores, "
-              "teachers and SAEs aside")
+        left = [spec for spec in specs if not finished(spec)]
+        minutes = sum(run_minutes(spec) for spec in left) / 2  # MINUTES: 2 at once on 2 cores
+        print(f"== {len(specs)} runs over {len(points)} points, {len(left)} of them to train, {jobs} at once, at the "
+              f"rates of {rates} (" + ", ".join(f"{a} {chosen[a]}" for a in names) + f"): about {minutes:.0f} min "
+              "on 2 quiet cores, teachers and SAEs aside")
         run_all(specs, jobs)
     rows = rows_of(points, teacher_dirs)
     root = f"{out_root}/payoff"

@@ -62,6 +62,9 @@ def test_payoff_runs_every_axis_at_the_chosen_rates_and_reports_gaps_paired_by_s
     assert row.split(" | ")[4] == ("not reached" if reach is None else reach_cell(reach, spent, 1e6, "M"))
     rerun = run_script(*args).stdout
     assert "python train.py" not in rerun and rerun.count("skipping") >= 4 * 3 + 3 + 2
+    # the time estimate counts only the runs left to train
+    assert "17 runs over 5 points, 17 of them to train" in out and "17 of them to train" not in rerun
+    assert "17 runs over 5 points, 0 of them to train" in rerun and "about 0 min" in rerun
 
     # --report_only trains nothing and reports only the runs that finished with the planned settings: a run left
     # unfinished, or one whose stamp records other settings, is not taken for the planned one

@@ -84,11 +84,11 @@ def timed(fn, sync):
 
 def timed_in_rounds(parts, sync, cuda=None):
     """Time the parts against each other: after `warmup` calls of each, `rounds` rounds in which each part's fn
-    runs `steps` times in turn. This machine's speed drifts between runs and within one, and a slow spell then
-    falls on every part of a round, so the ratio of two parts is taken per round. parts: {name: fn}; cuda: the CUDA
-    device they run on, or None. Returns
-    ({name: [mean seconds per call, one per round]}, {name: the CUDA allocator's peak bytes over its calls, reset
-    before each; None on CPU, which keeps no such peak})."""
+    runs `steps` times in turn. A CPU's speed drifts between runs and within one; a slow spell then falls on every
+    part of a round, so the ratio of two parts is best taken per round (ratio).
+    parts: {name: fn}; cuda: the CUDA device they run on, or None.
+    Returns ({name: [mean seconds per call, one per round]}, {name: the CUDA allocator's peak bytes over its calls,
+    reset before each round's calls; None on CPU, which keeps no such peak})."""
     for fn in parts.values():
         for _ in range(warmup):
             fn()

@@ -42,7 +42,7 @@ arms = "ntp,kd,pause,cocomix"
 axes = "tokens,depth,teacher"
 max_iters = 1000            # the 1x budget: iterations of 32 x 64 tokens
 budgets = "1:3,4:3,10:1"    # tokens axis: budget (x max_iters) : seeds
-n_seeds = 3                 # seeds on the depth and teacher axes (at 1x)
+n_seeds = 3                 # seeds on the depth and teacher axes, and at least that many at their 1x reference
 ntp_config = "config/concepts_ntp.py"          # the 4-layer pair, as arms.py's
 cocomix_config = "config/concepts_cocomix.py"
 insert_layer = 2            # the pause arm's block in the 4-layer pair (CoCoMix's)
@@ -156,10 +156,12 @@ def plan(names, axis_names, steps, chosen, meta):
                          pause_layer) for s in range(1, seeds + 1) for a in arms_here]
 
     default, shallow, points = stem(teacher_config), (ntp_config, cocomix_config), {}
-    for b, seeds in sorted({1: n_seeds, **steps}.items()):  # 1x: every axis's reference point
-        if "tokens" in axis_names or b == 1:
-            points[f"tokens_{b}x"] = dict(axis="tokens", value=b, teacher=default, ntp_from=f"tokens_{b}x",
-                                          runs=runs(f"tokens_{b}x", names, seeds, b, shallow, insert_layer, default))
+    # 1x is every axis's reference point: it has the tokens axis's seeds there, and the other axes' n_seeds
+    on_tokens = {1: n_seeds, **steps} if "tokens" in axis_names else {}
+    at_1x = max(on_tokens.get(1, 0), n_seeds if set(axis_names) - {"tokens"} else 0)
+    for b, seeds in sorted({**on_tokens, 1: at_1x}.items()):
+        points[f"tokens_{b}x"] = dict(axis="tokens", value=b, teacher=default, ntp_from=f"tokens_{b}x",
+                                      runs=runs(f"tokens_{b}x", names, seeds, b, shallow, insert_layer, default))
     if "depth" in axis_names:
         depth = runpy.run_path(deep_ntp_config)["n_layer"]
         points[f"depth_{depth}"] = dict(axis="depth", value=depth, teacher=default, ntp_from=f"depth_{depth}",

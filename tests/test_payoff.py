@@ -82,6 +82,9 @@ def test_payoff_runs_every_axis_at_the_chosen_rates_and_reports_gaps_paired_by_s
     assert f"{diffs[0]:+.4f} (1)" in row
     row = next(line for line in table.splitlines() if line.startswith("| tokens_2x |"))
     assert row.count("—") == 2  # kd: its only run has other settings; pause: not an arm here
+    # budgets' seeds are the tokens axis's: the depth axis alone plans n_seeds (1) at its 1x reference, not 2
+    depth = run_script(*args, "--axes=depth", "--report_only=True").stdout
+    assert "report only: 6 of the 6 planned runs have finished" in depth
     # with no teacher under out_root there is nothing to report: refused before anything is written
     empty = tmp_path / "empty"
     refused = run_script(*args, f"--out_root={empty}", "--report_only=True", check=False)
